@@ -1,0 +1,2 @@
+"""Segmentation models (decoder + the encoder they sit on). Importing registers every model."""
+from . import segformer  # noqa: F401
