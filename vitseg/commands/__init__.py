@@ -1,0 +1,1 @@
+"""CLI commands about models and weights: list, flops, convert."""

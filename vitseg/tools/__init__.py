@@ -1,0 +1,1 @@
+"""Tools around the models: FLOPs/params, benchmarks, export, robustness, visualisation, model zoo."""

@@ -1,0 +1,43 @@
+"""Parameter and FLOP counting on the inference graph.
+
+FLOPs come from torch.utils.flop_counter (matmul, conv, scaled_dot_product_attention, ... counted as
+2 × multiply-accumulates; norms, softmax and interpolation count 0). Papers mostly print multiply-accumulates
+(fvcore/mmcv "FLOPs"), so MACs = FLOPs / 2 is the figure to hold beside them.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+
+@dataclass
+class Complexity:
+    params: int
+    flops: int          # floating-point operations (2 per multiply-accumulate)
+    input_size: tuple[int, int]
+
+    @property
+    def macs(self) -> int:
+        return self.flops // 2
+
+
+def count_params(model: torch.nn.Module) -> int:
+    """Parameters of the inference graph (training-only modules in `aux` excluded)."""
+    if hasattr(model, "num_params"):
+        return model.num_params()
+    return sum(p.numel() for p in model.parameters())
+
+
+@torch.no_grad()
+def measure(model: torch.nn.Module, size: tuple[int, int] = (512, 512), batch: int = 1) -> Complexity:
+    """Params and FLOPs of one forward pass at `size` (eval mode; the model is not modified)."""
+    model = copy.deepcopy(model).eval()
+    if hasattr(model, "strip_training_modules"):
+        model.strip_training_modules()
+    x = torch.zeros(batch, 3, *size)
+    with FlopCounterMode(display=False) as counter:
+        model(x)
+    return Complexity(count_params(model), counter.get_total_flops(), tuple(size))
