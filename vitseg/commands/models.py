@@ -62,15 +62,19 @@ def cmd_flops(args) -> int:
     num_classes = args.num_classes or (paper.num_classes if paper else 150)
     model = create_model(args.model, num_classes=num_classes)
     c = measure(model, size)
-    print(f"model       {args.model} ({num_classes} classes, input {size[0]}x{size[1]}, batch 1)")
-    print(f"params      {c.params / 1e6:10.3f} M" + (f"    paper {paper.params_m:g} M" if paper and paper.params_m
-                                                     else ""))
-    line = f"MACs        {c.macs / 1e9:10.3f} G"
+    ref = measure(model, size, paper_graph=True)
+    print(f"model               {args.model} ({num_classes} classes, input {size[0]}x{size[1]}, batch 1)")
+    print(f"params              {c.params / 1e6:10.3f} M" + (f"    paper {paper.params_m:g} M" if paper and paper.params_m
+                                                       else ""))
+    line = f"MACs (paper graph)  {ref.macs / 1e9:10.3f} G"
     if paper and paper.gflops and tuple(paper.input_size) == size:
-        line += f"    paper {paper.gflops:g} G ({paper.source})"
+        line += f"    paper {paper.gflops:g} G, ratio {ref.macs / 1e9 / paper.gflops:.3f}  ({paper.source})"
     print(line)
-    print(f"FLOPs       {c.flops / 1e9:10.3f} G    (= 2 x MACs; torch.utils.flop_counter, attention included,"
-          " norms/softmax/interpolation not counted)")
+    print(f"FLOPs (paper graph) {ref.flops / 1e9:10.3f} G    (= 2 x MACs)")
+    if c.flops != ref.flops:
+        print(f"MACs as executed    {c.macs / 1e9:10.3f} G    (vitseg runs an equivalent, cheaper graph)")
+    print("counted with torch.utils.flop_counter: matmuls, convs and attention; norms, softmax and "
+          "interpolation count 0")
     return 0
 
 

@@ -32,11 +32,20 @@ def count_params(model: torch.nn.Module) -> int:
 
 
 @torch.no_grad()
-def measure(model: torch.nn.Module, size: tuple[int, int] = (512, 512), batch: int = 1) -> Complexity:
-    """Params and FLOPs of one forward pass at `size` (eval mode; the model is not modified)."""
+def measure(model: torch.nn.Module, size: tuple[int, int] = (512, 512), batch: int = 1,
+            paper_graph: bool = False) -> Complexity:
+    """Params and FLOPs of one forward pass at `size` (eval mode; the model is not modified).
+
+    paper_graph=True counts the graph as the paper wrote it: modules with a faster, equivalent execution
+    (an attribute `fused`, e.g. SegFormer's decoder) are switched to their literal form.
+    """
     model = copy.deepcopy(model).eval()
     if hasattr(model, "strip_training_modules"):
         model.strip_training_modules()
+    if paper_graph:
+        for m in model.modules():
+            if hasattr(m, "fused"):
+                m.fused = False
     x = torch.zeros(batch, 3, *size)
     with FlopCounterMode(display=False) as counter:
         model(x)

@@ -32,8 +32,11 @@ class SegFormerHead(nn.Module):
     The fuse is a 1×1 conv, i.e. linear per pixel, and bilinear upsampling is linear per channel, so the two
     commute: each stage's slice of the fuse weights is folded into its projection and applied at the stage's
     own resolution before upsampling. Same function, a fraction of the work; at inference the BatchNorm is
-    folded in as well.
+    folded in as well. `fused=False` runs the paper's literal graph (used to count the paper's FLOPs and to
+    test that both graphs agree).
     """
+
+    fused = True
 
     def __init__(self, in_channels, dim: int, num_classes: int, dropout: float = 0.1):
         super().__init__()
@@ -64,6 +67,8 @@ class SegFormerHead(nn.Module):
         return ws, bs, shift
 
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        if not self.fused:
+            return self.forward_literal(feats)
         fold_bn = not self.training
         ws, bs, shift = self.stage_weights(fold_bn)
         size = feats[0].shape[-2:]
@@ -79,6 +84,16 @@ class SegFormerHead(nn.Module):
             x = self.linear_fuse.bn(x)
         x = self.dropout(F.relu(x))
         return self.linear_pred(x)
+
+    def forward_literal(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        """Paper Eq. (1)-(4) as written: project, upsample, concatenate [c4..c1], fuse, classify."""
+        size = feats[0].shape[-2:]
+        ups = []
+        for k in reversed(range(len(feats))):
+            y = getattr(self, f"linear_c{k + 1}").proj(feats[k].flatten(2).transpose(1, 2))
+            y = y.transpose(1, 2).reshape(y.shape[0], self.dim, *feats[k].shape[-2:])
+            ups.append(resize(y, size))
+        return self.linear_pred(self.dropout(self.linear_fuse(torch.cat(ups, dim=1))))
 
 
 class SegFormer(Segmentor):
