@@ -176,7 +176,7 @@ class ATMHead(nn.Module):
         """feats: token sequences [B, L_s, C], shallow to deep, with their grids. Returns one
         (class logits [B, K, K+1], mask logits [B, K, h, w]) per stage, the final one last."""
         feats, hws = feats[::-1], hws[::-1]
-        q = self.q.weight.unsqueeze(0).expand(feats[0].shape[0], -1, -1)
+        q = self.q.weight.unsqueeze(0).repeat(feats[0].shape[0], 1, 1)
         outputs, masks = [], None
         for s, (x, hw) in enumerate(zip(feats, hws), start=1):
             if self.use_proj:
@@ -197,7 +197,7 @@ class SingleATMHead(ATMHead):
                          use_proj=False)
 
     def forward(self, memory: torch.Tensor, hw: tuple[int, int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        q = self.q.weight.unsqueeze(0).expand(memory.shape[0], -1, -1)
+        q = self.q.weight.unsqueeze(0).repeat(memory.shape[0], 1, 1)
         outputs = []
         for layer in self.decoder_1.layers:
             q, sim = layer(q, memory)
@@ -230,7 +230,7 @@ class ShrunkHead(nn.Module):
         q = self.q.weight.unsqueeze(0)
         if tuple(hw) != self.grid:
             q = resample_abs_pos_embed(q, hw, old_size=self.grid)
-        return q.expand(batch, -1, -1)
+        return q.repeat(batch, 1, 1)  # a copy, not a view: autograd hooks need one
 
     def forward(self, feats: list[torch.Tensor], hw: tuple[int, int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """feats: [1/16 tokens of the shallow layer, 1/32 tokens of the last layer]; hw: the 1/16 grid."""
@@ -313,6 +313,46 @@ def semantic_scores(class_logits: torch.Tensor, mask_logits: torch.Tensor) -> to
 # ----------------------------------------------------------------------------------------------------------
 # Model
 
+def query_downsample_block(block: nn.Module, x: torch.Tensor, hw: tuple[int, int]
+                           ) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Query Down-sampling (QD): run a pretrained ViT block with queries taken on every second row and column
+    of the token grid (2x2 nearest: the top-left token of each cell) and keys/values from all tokens, so the
+    block's output has a quarter of the tokens. The residual adds the sampled tokens; weights are unchanged."""
+    b, n, c = x.shape
+    h, w = hw
+    down = x.view(b, h, w, c)[:, ::2, ::2].reshape(b, -1, c)
+    attn = block.attn
+    weight, bias = attn.qkv.weight, attn.qkv.bias
+    q = F.linear(block.norm1(down), weight[:c], None if bias is None else bias[:c])
+    k, v = F.linear(block.norm1(x), weight[c:], None if bias is None else bias[c:]).chunk(2, dim=-1)
+    q, k, v = (_split_heads(t, attn.num_heads) for t in (q, k, v))
+    y = attn.proj(_merge_heads(F.scaled_dot_product_attention(q, k, v)))
+    drop_attn = getattr(block, "drop_path1", None) or block.drop_path
+    drop_mlp = getattr(block, "drop_path2", None) or block.drop_path
+    x = down + drop_attn(y)
+    x = x + drop_mlp(block.mlp(block.norm2(x)))
+    return x, ((h + 1) // 2, (w + 1) // 2)
+
+
+def vit_tokens(backbone: nn.Module, images: torch.Tensor, out_indices, shrink_index: int | None = None
+               ) -> tuple[list[torch.Tensor], tuple[int, int]]:
+    """Block outputs of a plain ViT as the official SegViT backbone computes them (mmseg VisionTransformer,
+    with_cls_token=False): the class token and its position row are added, then dropped *before* the first
+    block. With `shrink_index`, that block applies Query Down-sampling and later blocks run on 1/32 tokens.
+    Returns token sequences [B, L_i, C] for `out_indices` and the 1/16 grid."""
+    x, grid = backbone.embed(images)
+    x = x[:, backbone.num_prefix_tokens:]
+    hw, outs = grid, {}
+    for i, block in enumerate(backbone.blocks[:max(out_indices) + 1]):
+        if i == shrink_index:
+            x, hw = query_downsample_block(block, x, hw)
+        else:
+            x = block(x)
+        if i in out_indices:
+            outs[i] = x
+    return [outs[i] for i in out_indices], grid
+
+
 class SegViT(Segmentor):
     """Plain ViT + ATM decoder (cascade) or Shrunk ViT + QU + single ATM.
 
@@ -323,22 +363,21 @@ class SegViT(Segmentor):
 
     output_stride = 1
 
-    def __init__(self, backbone: nn.Module, decode_head: nn.Module, num_classes: int, shrunk: bool = False,
-                 no_object_weight: float = 0.1, focal_weight: float = 20.0, dice_weight: float = 1.0,
+    def __init__(self, backbone: nn.Module, decode_head: nn.Module, num_classes: int, out_indices,
+                 shrink_index: int | None = None, no_object_weight: float = 0.1, focal_weight: float = 20.0, dice_weight: float = 1.0,
                  cls_weight: float = 1.0, **kw):
         super().__init__(num_classes, **kw)
-        self.backbone, self.decode_head, self.shrunk = backbone, decode_head, shrunk
+        self.backbone, self.decode_head = backbone, decode_head
+        self.out_indices, self.shrink_index = tuple(out_indices), shrink_index
         self.loss_weights = dict(no_object_weight=no_object_weight, cls_weight=cls_weight,
                                  focal_weight=focal_weight, dice_weight=dice_weight)
         self.mean, self.std = AUGREG_MEAN, AUGREG_STD
 
     def forward_outputs(self, images: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """All supervised (class logits [B,K,K+1], mask logits [B,K,h,w]) pairs, the final one last."""
-        tokens, hw = self.backbone.forward_tokens(images)
-        if self.shrunk:
+        tokens, hw = vit_tokens(self.backbone, images, self.out_indices, self.shrink_index)
+        if self.shrink_index is not None:
             return self.decode_head(tokens, hw)
-        n = hw[0] * hw[1]
-        tokens = [t[:, t.shape[1] - n:] for t in tokens]  # drop prefix (class) tokens
         return self.decode_head(tokens, [hw] * len(tokens))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -356,3 +395,171 @@ class SegViT(Segmentor):
                 total = total + value
                 parts[name + suffix] = value.detach()
         return {"loss": total, **parts}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Builders and registrations
+
+# Block indices (0-based) the cascade reads, ViT drop-path rate and default crop (spec §1.1, §3).
+_VARIANTS = {
+    "b16": dict(backbone="vit_b16", out_indices=(5, 7, 11), drop_path_rate=0.1, img_size=512),
+    "l16": dict(backbone="vit_l16", out_indices=(7, 15, 23), drop_path_rate=0.3, img_size=640),
+}
+# Shrunk: Query Down-sampling before block `shrink_index`; QU reads a 1/16 block and the last block.
+_SHRUNK = {"l16": dict(shrink_index=8, out_indices=(7, 23)),
+           "b16": dict(shrink_index=6, out_indices=(5, 11))}  # INTERP (Tab. 8 ablation, no official config)
+
+
+def _head_width(embed_dim: int) -> tuple[int, int]:
+    """ATM width d = C/2 with 32-channel heads (B: 384/12, L: 512/16)."""
+    dim = embed_dim // 2
+    return dim, max(dim // 32, 1)
+
+
+def segvit(variant: str, num_classes: int = 150, img_size: int | None = None, out_indices=None,
+           drop_path_rate: float | None = None, layers_per_stage: int = 3, **backbone_kw) -> SegViT:
+    """Cascade SegViT on a plain ViT: one ATM stage per entry of `out_indices` (shallow to deep)."""
+    cfg = _VARIANTS[variant]
+    img_size = img_size or cfg["img_size"]
+    out_indices = tuple(out_indices if out_indices is not None else cfg["out_indices"])
+    backbone = create_backbone(cfg["backbone"], out_indices=out_indices, img_size=img_size,
+                               drop_path_rate=cfg["drop_path_rate"] if drop_path_rate is None else drop_path_rate,
+                               **backbone_kw)
+    dim, heads = _head_width(backbone.embed_dim)
+    head = ATMHead(backbone.embed_dim, num_classes, dim, heads, num_stages=len(out_indices),
+                   layers_per_stage=layers_per_stage)
+    return SegViT(backbone, head, num_classes, out_indices)
+
+
+def segvit_shrunk(variant: str, num_classes: int = 150, img_size: int | None = None, out_indices=None,
+                  shrink_index: int | None = None, drop_path_rate: float | None = None,
+                  layers_per_stage: int = 3, **backbone_kw) -> SegViT:
+    """Shrunk SegViT: QD inside the ViT at `shrink_index`, QU head over (1/16 block, last block), single ATM."""
+    cfg, shrunk_cfg = _VARIANTS[variant], _SHRUNK[variant]
+    img_size = img_size or cfg["img_size"]
+    out_indices = tuple(out_indices if out_indices is not None else shrunk_cfg["out_indices"])
+    shrink_index = shrunk_cfg["shrink_index"] if shrink_index is None else shrink_index
+    if len(out_indices) != 2 or not out_indices[0] < shrink_index <= out_indices[1]:
+        raise ConfigError(f"segvit_shrunk: out_indices must be (a block before the down-sampling, a block after "
+                          f"it); got out_indices={out_indices} with shrink_index={shrink_index}")
+    backbone = create_backbone(cfg["backbone"], out_indices=out_indices, img_size=img_size,
+                               drop_path_rate=cfg["drop_path_rate"] if drop_path_rate is None else drop_path_rate,
+                               **backbone_kw)
+    dim, heads = _head_width(backbone.embed_dim)
+    grid = (img_size // backbone.patch_size,) * 2
+    head = ShrunkHead(backbone.embed_dim, num_classes, dim, heads, grid, layers_per_stage, layers_per_stage)
+    return SegViT(backbone, head, num_classes, out_indices, shrink_index)
+
+
+_ADE_SOURCE = ("SegViT Tab. 1 (ADE20K val, single scale); GFLOPs are fvcore multiply-accumulates incl. attention "
+               "and the class×mask product; paper gives no parameter counts")
+
+
+@register_model(paper=PaperInfo(gflops=120.9, input_size=(512, 512), num_classes=150, miou={"ade20k": 51.3},
+                                source=_ADE_SOURCE))
+def segvit_vit_b16(**kw): return segvit("b16", **kw)
+
+
+@register_model(paper=PaperInfo(gflops=637.9, input_size=(640, 640), num_classes=150,
+                                miou={"ade20k": 54.6, "coco_stuff10k": 49.9, "pascal_context59": 64.1},
+                                source=_ADE_SOURCE + "; COCO-Stuff-10K / PASCAL-Context-59 single-scale from the "
+                                "official README (the paper prints multi-scale only: 50.3 / 65.3)"))
+def segvit_vit_l16(**kw): return segvit("l16", **kw)
+
+
+@register_model(paper=PaperInfo(gflops=373.5, input_size=(640, 640), num_classes=150,
+                                miou={"ade20k": 53.9, "coco_stuff10k": 49.1, "pascal_context59": 62.3},
+                                source=_ADE_SOURCE + "; COCO-Stuff-10K / PASCAL-Context-59 single-scale from the "
+                                "official README (the paper prints multi-scale only: 49.4 / 63.7)"))
+def segvit_shrunk_vit_l16(**kw): return segvit_shrunk("l16", **kw)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Checkpoint layouts. Decode-head keys are the official ones; the official backbone is mmseg's
+# VisionTransformer (layers.N.ln1 / attn.attn.in_proj_* / ffn.layers.*), mapped onto our ViT here.
+
+_MMSEG_VIT_TO_OURS = [
+    (r"^patch_embed\.projection\.", "patch_embed.proj."),
+    (r"^layers\.(\d+)\.ln1\.", r"blocks.\1.norm1."),
+    (r"^layers\.(\d+)\.ln2\.", r"blocks.\1.norm2."),
+    (r"^layers\.(\d+)\.attn\.attn\.in_proj_(weight|bias)$", r"blocks.\1.attn.qkv.\2"),
+    (r"^layers\.(\d+)\.attn\.attn\.out_proj\.", r"blocks.\1.attn.proj."),
+    (r"^layers\.(\d+)\.ffn\.layers\.0\.0\.", r"blocks.\1.mlp.fc1."),
+    (r"^layers\.(\d+)\.ffn\.layers\.1\.", r"blocks.\1.mlp.fc2."),
+]
+_UNUSED_OFFICIAL = re.compile(r"(loss_decode\.criterion\.empty_weight|^decode_head\.conv_seg\.|^backbone\.ln1\.|"
+                              r"^auxiliary_head\.)")
+
+
+def _rename(key: str, table) -> str:
+    for pattern, replacement in table:
+        new = re.sub(pattern, replacement, key)
+        if new != key:
+            return new
+    return key
+
+
+def convert_official_segvit(state_dict: dict, pos_embed_shape=None) -> dict:
+    """Official SegViT (mmseg) checkpoint -> ours. Loss buffers, the unused conv_seg and the final LN
+    (final_norm=False) are dropped. A pos_embed of another grid is resized bicubically (mmseg's way)."""
+    out = {}
+    for key, value in state_dict.items():
+        if _UNUSED_OFFICIAL.search(key):
+            continue
+        if key.startswith("backbone."):
+            key = "backbone." + _rename(key[len("backbone."):], _MMSEG_VIT_TO_OURS)
+        out[key] = value
+    pos = out.get("backbone.pos_embed")
+    if pos is not None and pos_embed_shape is not None and tuple(pos.shape) != tuple(pos_embed_shape):
+        side = int(round(math.sqrt(pos_embed_shape[1] - 1)))
+        out["backbone.pos_embed"] = resample_abs_pos_embed(pos, (side, side), num_prefix_tokens=1)
+    return out
+
+
+def to_official_segvit(state_dict: dict) -> dict:
+    """Ours -> official SegViT (mmseg) key layout (tests and `vitseg convert`)."""
+    inverse = [(r"^patch_embed\.proj\.", "patch_embed.projection."),
+               (r"^blocks\.(\d+)\.norm1\.", r"layers.\1.ln1."), (r"^blocks\.(\d+)\.norm2\.", r"layers.\1.ln2."),
+               (r"^blocks\.(\d+)\.attn\.qkv\.(weight|bias)$", r"layers.\1.attn.attn.in_proj_\2"),
+               (r"^blocks\.(\d+)\.attn\.proj\.", r"layers.\1.attn.attn.out_proj."),
+               (r"^blocks\.(\d+)\.mlp\.fc1\.", r"layers.\1.ffn.layers.0.0."),
+               (r"^blocks\.(\d+)\.mlp\.fc2\.", r"layers.\1.ffn.layers.1.")]
+    return {("backbone." + _rename(k[len("backbone."):], inverse) if k.startswith("backbone.") else k): v
+            for k, v in state_dict.items()}
+
+
+def _is_mmseg_vit(keys) -> bool:
+    return any(re.match(r"^(backbone\.)?layers\.\d+\.attn\.attn\.in_proj_weight$", k) for k in keys)
+
+
+def checkpoint_filter_fn(state_dict, model, source):
+    """Official SegViT checkpoints (backbone + decode_head), or an mmseg ViT backbone file (e.g. the AugReg
+    `vit_large_p16_384_20220308-*.pth` SegViT starts from; its head stays initialised)."""
+    from ...weights import Converted
+    pos_shape = model.backbone.pos_embed.shape
+    if _is_mmseg_vit(state_dict) and any(k.startswith("decode_head.") for k in state_dict):
+        return Converted(convert_official_segvit(state_dict, pos_shape), layout="official-segvit")
+    if _is_mmseg_vit(state_dict):
+        sd = {("backbone." + k if not k.startswith("backbone.") else k): v for k, v in state_dict.items()}
+        return Converted(convert_official_segvit(sd, pos_shape), allow_missing=("decode_head.",),
+                         layout="mmseg-vit-backbone",
+                         notes=["backbone loaded from an mmseg ViT file; the ATM decoder is initialised"])
+    return Converted(dict(state_dict), layout="vitseg")
+
+
+def config_from_checkpoint(source) -> dict:
+    """Class count and crop size a trained SegViT checkpoint implies (class_embed rows - 1; the stored
+    position table, or the Shrunk head's up-sampling query count, gives the crop)."""
+    sd, cfg = source.state_dict, {}
+    for key in ("decode_head.class_embed.weight", "decode_head.atm.class_embed.weight"):
+        if key in sd:
+            cfg["num_classes"] = sd[key].shape[0] - 1
+    if "num_classes" not in cfg:  # a backbone-only file: build at the recipe's crop, resize pos_embed
+        return cfg
+    rows = sd["decode_head.q.weight"].shape[0] if "decode_head.atm.q.weight" in sd else (
+        sd["backbone.pos_embed"].shape[1] - 1 if "backbone.pos_embed" in sd else None)
+    if rows:
+        side = int(round(math.sqrt(rows)))
+        patch = sd.get("backbone.patch_embed.projection.weight", sd.get("backbone.patch_embed.proj.weight"))
+        cfg["img_size"] = side * (patch.shape[-1] if patch is not None else 16)
+    return cfg
