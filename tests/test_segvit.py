@@ -1,4 +1,5 @@
 """SegViT: ATM decoder, cascade and Shrunk heads, ATM loss, official checkpoints, FLOPs against the paper."""
+import functools
 import math
 
 import pytest
@@ -14,6 +15,15 @@ def n_params(m: nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These models are tiny: on a shared 2-core machine, thread hand-offs cost more than they save."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # ---------------------------------------------------------------------------------------------- heads
 
 @pytest.mark.parametrize("in_dim,classes,dim,heads,expected", [
@@ -22,13 +32,15 @@ def n_params(m: nn.Module) -> int:
     (1024, 171, 512, 16, 39_589_548),  # ViT-L COCO-Stuff-10K (39.590M)
     (1024, 60, 512, 16, 39_475_773)])  # ViT-L PASCAL-Context 60 (39.476M)
 def test_cascade_head_params_match_spec(in_dim, classes, dim, heads, expected):
-    assert n_params(ATMHead(in_dim, classes, dim, heads)) == expected
+    with torch.device("meta"):  # shapes only
+        assert n_params(ATMHead(in_dim, classes, dim, heads)) == expected
 
 
 @pytest.mark.parametrize("classes,crop,expected", [(150, 640, 39_861_399), (171, 512, 39_588_012),
                                                    (60, 480, 39_410_749)])
 def test_shrunk_head_params_match_spec(classes, crop, expected):
-    assert n_params(ShrunkHead(1024, classes, 512, 16, (crop // 16, crop // 16))) == expected
+    with torch.device("meta"):
+        assert n_params(ShrunkHead(1024, classes, 512, 16, (crop // 16, crop // 16))) == expected
 
 
 def test_qu_decoder_equals_torch_transformer_decoder_layer():
@@ -141,3 +153,171 @@ def test_loss_all_ignore_is_finite_classification_only():
     assert torch.isfinite(total) and out["loss_focal"] == 0 and out["loss_dice"] == 0
     total.backward()
     assert mask_logits.grad.abs().sum() == 0 and class_logits.grad.abs().sum() > 0
+
+
+# ---------------------------------------------------------------------------------------------- full models
+
+import vitseg  # noqa: E402
+from vitseg.errors import ConfigError  # noqa: E402
+from vitseg.models.heads.segvit import (query_downsample_block, segvit_shrunk, to_official_segvit,  # noqa: E402
+                                        vit_tokens)
+from vitseg.tools.flops import measure  # noqa: E402
+
+needs_vit = pytest.mark.skipif("vit_b16" not in vitseg.list_backbones(), reason="the vit backbone is not merged")
+TINY = dict(img_size=64, depth=4, embed_dim=64, num_heads=2)
+
+
+def tiny(name="segvit_vit_b16", num_classes=5, **kw):
+    torch.manual_seed(0)
+    if "shrunk" in name:
+        return vitseg.create_model(name, num_classes=num_classes, out_indices=(1, 3), shrink_index=2, **TINY, **kw)
+    return vitseg.create_model(name, num_classes=num_classes, out_indices=(1, 2, 3), **TINY, **kw)
+
+
+def synthetic_batch(n=2, size=64, classes=5, seed=0):
+    """Images whose colour (per quadrant) says the class: learnable in a few steps."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, classes, (n, 2, 2), generator=g).repeat_interleave(size // 2, 1).repeat_interleave(
+        size // 2, 2)
+    colours = torch.randn(classes, 3, generator=g)
+    images = colours[labels].permute(0, 3, 1, 2) + 0.1 * torch.randn(n, 3, size, size, generator=g)
+    labels[:, :2] = 255
+    return images, labels
+
+
+# Paper GFLOPs (fvcore MACs: linear/conv + attention matmuls + class×mask product) and derived parameters.
+PAPER = [("segvit_vit_b16", {}, 512, 120.9, 108.74), ("segvit_vit_l16", {}, 640, 637.9, 344.31),
+         ("segvit_shrunk_vit_l16", {}, 640, 373.5, 344.60),
+         ("segvit_vit_l16", {"num_classes": 171}, 512, 383.9, None),      # COCO-Stuff-10K (Tab. 2)
+         ("segvit_shrunk_vit_l16", {"num_classes": 171}, 512, 224.8, None)]
+
+
+@functools.lru_cache(maxsize=None)
+def _meta_complexity(name, size, num_classes):
+    with torch.device("meta"):  # shapes only: no memory, no arithmetic
+        model = vitseg.create_model(name, img_size=size, num_classes=num_classes)
+        return measure(model, (size, size))
+
+
+def meta_complexity(name, size, num_classes=150):
+    return _meta_complexity(name, size, num_classes)
+
+
+@needs_vit
+@pytest.mark.parametrize("name,kw,size,gflops,params_m", PAPER)
+def test_flops_and_params_match_paper(name, kw, size, gflops, params_m):
+    c = meta_complexity(name, size, **kw)
+    assert abs(c.macs / 1e9 - gflops) / gflops < 0.03, (c.macs / 1e9, gflops)
+    if params_m is not None:  # spec §4 derived totals (the paper prints none)
+        assert abs(c.params / 1e6 - params_m) < 0.01, c.params
+
+
+@needs_vit
+def test_shrunk_saves_flops_in_the_paper_ratio():
+    plain = meta_complexity("segvit_vit_l16", 640).macs
+    shrunk = meta_complexity("segvit_shrunk_vit_l16", 640).macs
+    assert abs(shrunk / plain - 373.5 / 637.9) < 0.01
+    with torch.device("meta"):  # ViT-B Shrunk of the Tab. 8 ablation (512 crop): 97.1 GFLOPs
+        b = measure(segvit_shrunk("b16", num_classes=150, img_size=512), (512, 512))
+    assert abs(b.macs / 1e9 - 97.1) / 97.1 < 0.03
+
+
+@needs_vit
+def test_query_downsampling_is_nearest_sampling_of_the_queries():
+    """QD attends from the sampled queries to all tokens: identical to running the block on every token and
+    keeping the top-left token of each 2×2 cell (queries are independent of each other)."""
+    model = tiny("segvit_shrunk_vit_l16").eval()
+    block = model.backbone.blocks[2]
+    x = torch.randn(2, 6 * 6, 64)
+    with torch.no_grad():
+        down, hw = query_downsample_block(block, x, (6, 6))
+        full = block(x).view(2, 6, 6, 64)[:, ::2, ::2].reshape(2, 9, 64)
+    assert hw == (3, 3)
+    torch.testing.assert_close(down, full, atol=1e-5, rtol=0)
+    with torch.no_grad():
+        tokens, grid = vit_tokens(model.backbone, torch.randn(1, 3, 64, 64), (1, 3), shrink_index=2)
+    assert grid == (4, 4) and [t.shape[1] for t in tokens] == [16, 4]
+
+
+@needs_vit
+@pytest.mark.parametrize("name", ["segvit_vit_b16", "segvit_shrunk_vit_l16"])
+def test_forward_scores_and_masks(name):
+    model = tiny(name).eval()
+    images, _ = synthetic_batch()
+    with torch.no_grad():
+        scores = model(images)
+        outputs = model.forward_outputs(images)
+    assert scores.shape == (2, 5, 64, 64) and len(outputs) == 3
+    class_logits, mask_logits = outputs[-1]
+    masks = torch.nn.functional.interpolate(mask_logits, size=(64, 64), mode="bilinear").sigmoid()
+    assert masks.min() >= 0 and masks.max() <= 1
+    torch.testing.assert_close(scores, torch.einsum("bqc,bqhw->bchw", class_logits.softmax(-1)[..., :-1], masks))
+
+
+@needs_vit
+@pytest.mark.parametrize("name", ["segvit_vit_b16", "segvit_shrunk_vit_l16"])
+def test_loss_falls_on_synthetic_data(name):
+    model = tiny(name)
+    images, labels = synthetic_batch()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(12):
+        out = model.loss(images, labels)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        losses.append(out["loss"].item())
+    assert {"loss_cls", "loss_focal", "loss_dice", "loss_cls_0", "loss_dice_1"} <= set(out)
+    assert losses[-1] < 0.85 * losses[0], losses
+
+
+def _official_checkpoint(model) -> dict:
+    """Our weights in the official SegViT (mmseg) layout, with the extras the official files carry."""
+    sd = to_official_segvit(model.state_dict())
+    c = model.backbone.embed_dim
+    sd["backbone.ln1.weight"], sd["backbone.ln1.bias"] = torch.ones(c), torch.zeros(c)  # unused final LN
+    k = model.num_classes
+    sd["decode_head.loss_decode.criterion.empty_weight"] = torch.ones(k + 1)
+    if "decode_head.atm.q.weight" in sd:
+        sd["decode_head.atm.loss_decode.criterion.empty_weight"] = torch.ones(k + 1)
+    return sd
+
+
+@needs_vit
+@pytest.mark.parametrize("name", ["segvit_vit_b16", "segvit_shrunk_vit_l16"])
+def test_official_checkpoint_loads_strictly(name, tmp_path):
+    src = tiny(name, num_classes=7).eval()
+    sd = _official_checkpoint(src)
+    assert any(k.startswith("backbone.layers.0.attn.attn.in_proj_weight") for k in sd)
+    assert all(not k.startswith("backbone.blocks.") for k in sd)
+    path = tmp_path / "segvit_official.pth"
+    torch.save({"meta": {}, "state_dict": sd}, path)
+    kw = {"out_indices": (1, 3), "shrink_index": 2} if "shrunk" in name else {"out_indices": (1, 2, 3)}
+    loaded = vitseg.create_model(name, pretrained=path, depth=4, embed_dim=64, num_heads=2, **kw).eval()
+    assert loaded.num_classes == 7 and loaded.build_args["img_size"] == 64  # read from the tensors
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), src(x))
+    sd.pop("decode_head.class_embed.weight" if "shrunk" not in name else "decode_head.atm.class_embed.weight")
+    torch.save(sd, path)
+    with pytest.raises(vitseg.CheckpointError, match="class_embed"):
+        vitseg.create_model(name, pretrained=path, num_classes=7, depth=4, embed_dim=64, num_heads=2, **kw)
+
+
+@needs_vit
+def test_mmseg_vit_backbone_file_initialises_the_encoder(tmp_path):
+    """The AugReg mmseg file SegViT starts from: no prefix, 24×24+1 position rows, a final LN."""
+    src = tiny()
+    bb = {k[len("backbone."):]: v for k, v in to_official_segvit(src.state_dict()).items()
+          if k.startswith("backbone.")}
+    bb["pos_embed"] = torch.randn(1, 1 + 24 * 24, 64)
+    bb["ln1.weight"], bb["ln1.bias"] = torch.ones(64), torch.zeros(64)
+    torch.save(bb, tmp_path / "vit_p16_384.pth")
+    model = tiny(pretrained=tmp_path / "vit_p16_384.pth")
+    assert model.backbone.pos_embed.shape == (1, 17, 64)
+    torch.testing.assert_close(model.backbone.blocks[3].mlp.fc2.weight, src.backbone.blocks[3].mlp.fc2.weight)
+
+
+def test_shrunk_rejects_indices_on_the_wrong_side_of_the_downsampling():
+    with pytest.raises(ConfigError, match="out_indices"):
+        segvit_shrunk("l16", out_indices=(9, 23), shrink_index=8)
