@@ -21,7 +21,8 @@ def _count(m):
     ("vit_ti16", 5_524_416, 5_717_416), ("vit_s16", 21_665_664, 22_050_664),
     ("vit_b16", 85_798_656, 86_567_656), ("vit_l16", 303_301_632, 304_326_632)])
 def test_param_counts_match_published(name, backbone, with_head):
-    m = create_backbone(name)
+    with torch.device("meta"):  # shapes only: no memory, no init cost
+        m = create_backbone(name)
     n = _count(m)
     assert n == backbone
     n_head = n + m.embed_dim * 1000 + 1000
@@ -32,15 +33,18 @@ def test_param_counts_match_published(name, backbone, with_head):
 
 def test_param_count_equals_hf_vitmodel():
     from transformers import ViTConfig, ViTModel
-    cfg = ViTConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
-    with torch.device("meta"):
-        hf = ViTModel(cfg, add_pooling_layer=False)
-    hf_count = sum(p.numel() for n, p in hf.named_parameters() if "mask_token" not in n)
-    assert _count(create_backbone("vit_b16")) == hf_count
+    for name, (dim, depth, heads) in {"vit_ti16": (192, 12, 3), "vit_b16": (768, 12, 12)}.items():
+        cfg = ViTConfig(hidden_size=dim, num_hidden_layers=depth, num_attention_heads=heads,
+                        intermediate_size=4 * dim)
+        with torch.device("meta"):
+            hf = ViTModel(cfg, add_pooling_layer=False)
+            ours = create_backbone(name)
+        assert _count(ours) == sum(p.numel() for p in hf.parameters())
 
 
 def test_deit_distilled_counts_and_tokens():
-    m = create_backbone("deit_b16_distilled")
+    with torch.device("meta"):
+        m = create_backbone("deit_b16_distilled")
     assert m.num_prefix_tokens == 2 and m.pos_embed.shape == (1, 2 + 196, 768)
     # with both 1000-class heads: 87,338,192 (DeiT paper "87M")
     assert _count(m) + 2 * (768 * 1000 + 1000) == 87_338_192

@@ -151,7 +151,7 @@ class VisionTransformer(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, self.num_prefix_tokens + self.grid_size[0] * self.grid_size[1],
                                                   embed_dim))
         self.pos_drop = nn.Dropout(drop_rate)
-        rates = torch.linspace(0, drop_path_rate, depth).tolist()
+        rates = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()  # cpu: builds under meta too
         self.blocks = nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio, qkv_bias, rates[i], norm_eps)
                                     for i in range(depth))
         self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
