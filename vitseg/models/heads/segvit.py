@@ -20,6 +20,7 @@ from torch import nn
 
 from ...errors import ConfigError
 from ...layers import DropPath, resample_abs_pos_embed, resize, trunc_normal_
+from ..backbones import vit as vit_family
 from ..registry import PaperInfo, create_backbone, register_model
 from ..segmentor import Segmentor, check_labels
 
@@ -321,16 +322,8 @@ def query_downsample_block(block: nn.Module, x: torch.Tensor, hw: tuple[int, int
     b, n, c = x.shape
     h, w = hw
     down = x.view(b, h, w, c)[:, ::2, ::2].reshape(b, -1, c)
-    attn = block.attn
-    weight, bias = attn.qkv.weight, attn.qkv.bias
-    q = F.linear(block.norm1(down), weight[:c], None if bias is None else bias[:c])
-    k, v = F.linear(block.norm1(x), weight[c:], None if bias is None else bias[c:]).chunk(2, dim=-1)
-    q, k, v = (_split_heads(t, attn.num_heads) for t in (q, k, v))
-    y = attn.proj(_merge_heads(F.scaled_dot_product_attention(q, k, v)))
-    drop_attn = getattr(block, "drop_path1", None) or block.drop_path
-    drop_mlp = getattr(block, "drop_path2", None) or block.drop_path
-    x = down + drop_attn(y)
-    x = x + drop_mlp(block.mlp(block.norm2(x)))
+    x = down + block.drop_path(block.attn(block.norm1(down), context=block.norm1(x)))
+    x = x + block.drop_path(block.mlp(block.norm2(x)))
     return x, ((h + 1) // 2, (w + 1) // 2)
 
 
@@ -425,6 +418,7 @@ def segvit(variant: str, num_classes: int = 150, img_size: int | None = None, ou
     backbone = create_backbone(cfg["backbone"], out_indices=out_indices, img_size=img_size,
                                drop_path_rate=cfg["drop_path_rate"] if drop_path_rate is None else drop_path_rate,
                                **backbone_kw)
+    backbone.norm = nn.Identity()  # final_norm=False: the final LayerNorm is never used
     dim, heads = _head_width(backbone.embed_dim)
     head = ATMHead(backbone.embed_dim, num_classes, dim, heads, num_stages=len(out_indices),
                    layers_per_stage=layers_per_stage)
@@ -445,6 +439,7 @@ def segvit_shrunk(variant: str, num_classes: int = 150, img_size: int | None = N
     backbone = create_backbone(cfg["backbone"], out_indices=out_indices, img_size=img_size,
                                drop_path_rate=cfg["drop_path_rate"] if drop_path_rate is None else drop_path_rate,
                                **backbone_kw)
+    backbone.norm = nn.Identity()  # final_norm=False: the final LayerNorm is never used
     dim, heads = _head_width(backbone.embed_dim)
     grid = (img_size // backbone.patch_size,) * 2
     head = ShrunkHead(backbone.embed_dim, num_classes, dim, heads, grid, layers_per_stage, layers_per_stage)
@@ -478,17 +473,17 @@ def segvit_shrunk_vit_l16(**kw): return segvit_shrunk("l16", **kw)
 # Checkpoint layouts. Decode-head keys are the official ones; the official backbone is mmseg's
 # VisionTransformer (layers.N.ln1 / attn.attn.in_proj_* / ffn.layers.*), mapped onto our ViT here.
 
-_MMSEG_VIT_TO_OURS = [
-    (r"^patch_embed\.projection\.", "patch_embed.proj."),
-    (r"^layers\.(\d+)\.ln1\.", r"blocks.\1.norm1."),
-    (r"^layers\.(\d+)\.ln2\.", r"blocks.\1.norm2."),
-    (r"^layers\.(\d+)\.attn\.attn\.in_proj_(weight|bias)$", r"blocks.\1.attn.qkv.\2"),
-    (r"^layers\.(\d+)\.attn\.attn\.out_proj\.", r"blocks.\1.attn.proj."),
-    (r"^layers\.(\d+)\.ffn\.layers\.0\.0\.", r"blocks.\1.mlp.fc1."),
-    (r"^layers\.(\d+)\.ffn\.layers\.1\.", r"blocks.\1.mlp.fc2."),
-]
-_UNUSED_OFFICIAL = re.compile(r"(loss_decode\.criterion\.empty_weight|^decode_head\.conv_seg\.|^backbone\.ln1\.|"
-                              r"^auxiliary_head\.)")
+_UNUSED_OFFICIAL = re.compile(r"(loss_decode\.criterion\.empty_weight|^decode_head\.conv_seg\.|^auxiliary_head\.)")
+
+
+def convert_official_segvit(state_dict: dict, backbone: nn.Module) -> dict:
+    """Official SegViT (mmseg) checkpoint -> ours. The backbone part goes through the ViT family's importer
+    (any ViT layout; the position table is resized to `backbone`'s grid if it differs). Loss buffers, the
+    unused conv_seg and the final LayerNorm (SegViT runs without one) are dropped."""
+    head = {k: v for k, v in state_dict.items() if not k.startswith("backbone.") and not _UNUSED_OFFICIAL.search(k)}
+    encoder = {k[len("backbone."):]: v for k, v in state_dict.items() if k.startswith("backbone.")}
+    encoder = vit_family.checkpoint_filter_fn(encoder, backbone).state_dict
+    return {**{"backbone." + k: v for k, v in encoder.items() if not k.startswith("norm.")}, **head}
 
 
 def _rename(key: str, table) -> str:
@@ -497,23 +492,6 @@ def _rename(key: str, table) -> str:
         if new != key:
             return new
     return key
-
-
-def convert_official_segvit(state_dict: dict, pos_embed_shape=None) -> dict:
-    """Official SegViT (mmseg) checkpoint -> ours. Loss buffers, the unused conv_seg and the final LN
-    (final_norm=False) are dropped. A pos_embed of another grid is resized bicubically (mmseg's way)."""
-    out = {}
-    for key, value in state_dict.items():
-        if _UNUSED_OFFICIAL.search(key):
-            continue
-        if key.startswith("backbone."):
-            key = "backbone." + _rename(key[len("backbone."):], _MMSEG_VIT_TO_OURS)
-        out[key] = value
-    pos = out.get("backbone.pos_embed")
-    if pos is not None and pos_embed_shape is not None and tuple(pos.shape) != tuple(pos_embed_shape):
-        side = int(round(math.sqrt(pos_embed_shape[1] - 1)))
-        out["backbone.pos_embed"] = resample_abs_pos_embed(pos, (side, side), num_prefix_tokens=1)
-    return out
 
 
 def to_official_segvit(state_dict: dict) -> dict:
@@ -528,23 +506,21 @@ def to_official_segvit(state_dict: dict) -> dict:
             for k, v in state_dict.items()}
 
 
-def _is_mmseg_vit(keys) -> bool:
-    return any(re.match(r"^(backbone\.)?layers\.\d+\.attn\.attn\.in_proj_weight$", k) for k in keys)
-
-
 def checkpoint_filter_fn(state_dict, model, source):
-    """Official SegViT checkpoints (backbone + decode_head), or an mmseg ViT backbone file (e.g. the AugReg
-    `vit_large_p16_384_20220308-*.pth` SegViT starts from; its head stays initialised)."""
+    """Official SegViT checkpoints (mmseg: backbone + decode_head), or a bare ViT file in any layout the ViT
+    family reads (e.g. the AugReg mmseg file `vit_large_p16_384_20220308-*.pth` SegViT starts from; timm,
+    .npz, HF): then the encoder is loaded and the ATM decoder stays initialised."""
     from ...weights import Converted
-    pos_shape = model.backbone.pos_embed.shape
-    if _is_mmseg_vit(state_dict) and any(k.startswith("decode_head.") for k in state_dict):
-        return Converted(convert_official_segvit(state_dict, pos_shape), layout="official-segvit")
-    if _is_mmseg_vit(state_dict):
-        sd = {("backbone." + k if not k.startswith("backbone.") else k): v for k, v in state_dict.items()}
-        return Converted(convert_official_segvit(sd, pos_shape), allow_missing=("decode_head.",),
-                         layout="mmseg-vit-backbone",
-                         notes=["backbone loaded from an mmseg ViT file; the ATM decoder is initialised"])
-    return Converted(dict(state_dict), layout="vitseg")
+    has_head = any(k.startswith("decode_head.") for k in state_dict)
+    if has_head and vit_family.detect_layout(state_dict) == "mmseg":
+        return Converted(convert_official_segvit(state_dict, model.backbone), layout="official-segvit")
+    if has_head:  # our own names, without metadata
+        return Converted(dict(state_dict), layout="vitseg")
+    sd = {k[len("backbone."):] if k.startswith("backbone.") else k: v for k, v in state_dict.items()}
+    encoder = vit_family.checkpoint_filter_fn(sd, model.backbone, source)
+    return Converted({"backbone." + k: v for k, v in encoder.state_dict.items() if not k.startswith("norm.")},
+                     allow_missing=("decode_head.",), layout=f"{encoder.layout}-vit-backbone",
+                     notes=encoder.notes + ["the ATM decoder is initialised"])
 
 
 def config_from_checkpoint(source) -> dict:
