@@ -321,3 +321,20 @@ def test_mmseg_vit_backbone_file_initialises_the_encoder(tmp_path):
 def test_shrunk_rejects_indices_on_the_wrong_side_of_the_downsampling():
     with pytest.raises(ConfigError, match="out_indices"):
         segvit_shrunk("l16", out_indices=(9, 23), shrink_index=8)
+
+
+@needs_vit
+def test_recipes_build_their_models():
+    """Each configs/segvit recipe names a registered model that builds with its overrides and class count."""
+    import yaml
+    from pathlib import Path
+    files = sorted((Path(__file__).resolve().parents[1] / "configs" / "segvit").glob("*.yaml"))
+    assert len(files) == 7
+    for f in files:
+        cfg = yaml.safe_load(f.read_text())
+        m, d = cfg["model"], cfg["data"]
+        assert m["overrides"]["img_size"] == d["crop_size"][0] == cfg["eval"]["crop"][0], f
+        assert d["mean"] == d["std"] == [127.5] * 3, f  # AugReg weights
+        with torch.device("meta"):
+            model = vitseg.create_model(m["name"], num_classes=m["num_classes"], **m["overrides"])
+        assert model.backbone.grid_size == (d["crop_size"][0] // 16,) * 2
