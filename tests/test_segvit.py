@@ -338,3 +338,25 @@ def test_recipes_build_their_models():
         with torch.device("meta"):
             model = vitseg.create_model(m["name"], num_classes=m["num_classes"], **m["overrides"])
         assert model.backbone.grid_size == (d["crop_size"][0] // 16,) * 2
+
+
+@needs_vit
+def test_class_token_is_dropped_before_the_blocks():
+    """mmseg with_cls_token=False: the class token never takes part in attention, so it cannot change outputs."""
+    model = tiny().eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        before = model(x)
+        model.backbone.cls_token.normal_(0, 5.0)
+        after = model(x)
+    torch.testing.assert_close(before, after)
+
+
+@needs_vit
+@pytest.mark.parametrize("name", ["segvit_vit_b16", "segvit_shrunk_vit_l16"])
+def test_non_square_and_unpadded_inputs(name):
+    """Whole-image inference on any size: grids need not be square, sizes need not be patch multiples."""
+    model = tiny(name).eval()
+    with torch.no_grad():
+        scores = model(torch.randn(1, 3, 70, 100))
+    assert scores.shape == (1, 5, 70, 100) and torch.isfinite(scores).all()

@@ -375,7 +375,11 @@ class SegViT(Segmentor):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         class_logits, mask_logits = self.forward_outputs(images)[-1]
-        return semantic_scores(class_logits, resize(mask_logits, images.shape[-2:], align_corners=self.align_corners))
+        h, w = images.shape[-2:]
+        p = self.backbone.patch_size  # the ViT pads bottom/right to a patch multiple: upsample, then crop
+        padded = (-(-h // p) * p, -(-w // p) * p)
+        mask_logits = resize(mask_logits, padded, align_corners=self.align_corners)[..., :h, :w]
+        return semantic_scores(class_logits, mask_logits)
 
     def loss(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         check_labels(labels, self.num_classes, self.ignore_index)
