@@ -360,3 +360,12 @@ def test_non_square_and_unpadded_inputs(name):
     with torch.no_grad():
         scores = model(torch.randn(1, 3, 70, 100))
     assert scores.shape == (1, 5, 70, 100) and torch.isfinite(scores).all()
+
+
+@needs_vit
+def test_cpu_count_equals_meta_count():
+    """Attention run on CPU is counted too (tools/flops registers the CPU attention kernel)."""
+    cpu = measure(tiny(), (64, 64))
+    with torch.device("meta"):
+        meta = measure(tiny(), (64, 64))
+    assert cpu.flops == meta.flops and cpu.params == meta.params
