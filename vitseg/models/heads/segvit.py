@@ -1,13 +1,19 @@
 """SegViT: plain ViT + Attention-to-Mask (ATM) decoder, its cascade (multi-layer) and Shrunk (QD/QU) forms.
 
 Zhang et al., "SegViT: Semantic Segmentation with Plain Vision Transformers", NeurIPS 2022.
-Module and key names mirror the official code (zbwxp/SegVit, mmseg 0.24) so its decode-head keys load with a
-plain rename of the prefix; the mmseg ViT backbone keys are mapped onto our ViT at the end of this file.
+Implementation notes: specs/segvit.md. Module and key names mirror the official code (zbwxp/SegVit, mmseg 0.24),
+so its decode-head keys load as they are; its mmseg ViT backbone keys go through the ViT family's importer.
 
-One ATM decoder layer = self-attention over the class queries, cross-attention from the queries to the
-patch tokens, FFN (post-norm, like torch's TransformerDecoderLayer). The cross-attention's head-averaged,
-scaled query-patch similarity *before* the softmax is the mask logit of each class (sigmoid -> mask).
-There is one query per class (fixed assignment, no Hungarian matching).
+- ATM decoder layer: self-attention over the class queries, cross-attention from the queries to the patch
+  tokens, FFN (post-norm, torch TransformerDecoderLayer order). The cross-attention's head-averaged, scaled
+  query-patch similarity *before* the softmax is the mask logit of each class (sigmoid -> mask).
+- Cascade: one 3-layer ATM stage per ViT block in `out_indices`, deepest first; class queries flow from stage to
+  stage and the stages' mask logits are summed. One query per class: fixed assignment, no Hungarian matching.
+- Shrunk: Query Down-sampling inside the ViT (one block attends from a 2x2-nearest subset of the tokens to all of
+  them, later blocks run at 1/32), Query Up-sampling (learnable 1/16-grid queries attend to a 1/16 block and the
+  1/32 last block), then a single ATM on the up-sampled tokens.
+- forward(): softmax class probabilities × sigmoid masks, summed over queries, at the input resolution.
+  loss(): classification (no-object weight 0.1) + focal (×20) + dice on every stage / layer.
 """
 from __future__ import annotations
 
@@ -19,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import ConfigError
-from ...layers import DropPath, resample_abs_pos_embed, resize, trunc_normal_
+from ...layers import resample_abs_pos_embed, resize, trunc_normal_
 from ..backbones import vit as vit_family
 from ..registry import PaperInfo, create_backbone, register_model
 from ..segmentor import Segmentor, check_labels
@@ -475,7 +481,7 @@ def segvit_shrunk_vit_l16(**kw): return segvit_shrunk("l16", **kw)
 
 # ----------------------------------------------------------------------------------------------------------
 # Checkpoint layouts. Decode-head keys are the official ones; the official backbone is mmseg's
-# VisionTransformer (layers.N.ln1 / attn.attn.in_proj_* / ffn.layers.*), mapped onto our ViT here.
+# VisionTransformer (layers.N.ln1 / attn.attn.in_proj_* / ffn.layers.*), read by the ViT family's importer.
 
 _UNUSED_OFFICIAL = re.compile(r"(loss_decode\.criterion\.empty_weight|^decode_head\.conv_seg\.|^auxiliary_head\.)")
 
