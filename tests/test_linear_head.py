@@ -73,3 +73,16 @@ def test_loads_encoder_only_and_full_checkpoints(tmp_path):
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(again(x), m5.eval()(x))
+
+
+def test_onnx_export_keeps_output_shape(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    m = create_model("linear_vit_ti16", num_classes=3, depth=1, img_size=64).eval()
+    x = torch.randn(1, 3, 64, 96)  # a 4×6 grid: exercises the run-time position resize in the graph
+    path = tmp_path / "linear.onnx"
+    torch.onnx.export(m, (x,), str(path), input_names=["images"], output_names=["logits"], dynamo=False)
+    y = ort.InferenceSession(str(path)).run(None, {"images": x.numpy()})[0]
+    assert y.shape == (1, 3, 4, 6)
+    with torch.no_grad():
+        assert abs(y - m(x).numpy()).max() < 1e-4
