@@ -2,7 +2,6 @@
 import pytest
 import torch
 
-import vitseg
 from vitseg.models.registry import create_backbone, create_model, model_info
 from vitseg.weights import save_weights, load_checkpoint
 

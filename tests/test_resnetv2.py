@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from vitseg.models.backbones.resnetv2 import StdConv2dSame, resnetv2, same_padding
-from vitseg.models.backbones.vit import convert_to_internal, to_augreg_npz
+from vitseg.models.backbones.vit import to_augreg_npz
 from vitseg.models.registry import create_backbone, model_info
 
 

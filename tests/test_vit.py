@@ -3,7 +3,6 @@ import numpy as np
 import pytest
 import torch
 
-import vitseg
 from vitseg import weights
 from vitseg.errors import CheckpointError, ConfigError
 from vitseg.models.backbones.vit import (VisionTransformer, checkpoint_filter_fn, convert_to_internal,
