@@ -3,7 +3,6 @@ import numpy as np
 import pytest
 import torch
 
-import vitseg
 from vitseg import weights
 from vitseg.errors import CheckpointError, ConfigError
 from vitseg.models.backbones.vit import (VisionTransformer, checkpoint_filter_fn, convert_to_internal,
@@ -269,3 +268,19 @@ def test_bad_config_errors():
         VisionTransformer(embed_dim=100, num_heads=3)
     with pytest.raises(ConfigError):
         VisionTransformer(depth=1, class_token=False, distilled=True)
+
+
+def test_hf_classification_folder_drops_classifier(tmp_path):
+    from transformers import ViTConfig, ViTForImageClassification
+    cfg = ViTConfig(hidden_size=192, num_hidden_layers=1, num_attention_heads=3, intermediate_size=768,
+                    image_size=32, num_labels=7)
+    hf = ViTForImageClassification(cfg).eval()
+    hf.save_pretrained(tmp_path)
+    source = weights.read_weights(str(tmp_path))
+    assert any(k.startswith("vit.encoder.layer.0") for k in source.state_dict)  # v4 names on disk
+    ours = create_backbone("vit_ti16", pretrained=str(tmp_path)).eval()
+    assert ours.grid_size == (2, 2) and ours.blocks[0].norm1.eps == 1e-12  # the folder's own settings
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        ref = hf.vit(pixel_values=x, output_hidden_states=True).hidden_states[1]
+        assert (ours.forward_tokens(x)[0][0] - ref).abs().max() < 1e-4

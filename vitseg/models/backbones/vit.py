@@ -90,12 +90,12 @@ class Attention(nn.Module):
         b, n, c = x.shape
         h, d = self.num_heads, c // self.num_heads
         if context is None:
-            q, k, v = self.qkv(x).view(b, n, 3, h, d).permute(2, 0, 3, 1, 4)
+            q, k, v = self.qkv(x).view(b, n, 3, h, d).permute(2, 0, 3, 1, 4).unbind(0)
         else:
             w_q, w_kv = self.qkv.weight.split([c, 2 * c])
             b_q, b_kv = self.qkv.bias.split([c, 2 * c]) if self.qkv.bias is not None else (None, None)
             q = F.linear(x, w_q, b_q).view(b, n, h, d).transpose(1, 2)
-            k, v = F.linear(context, w_kv, b_kv).view(b, context.shape[1], 2, h, d).permute(2, 0, 3, 1, 4)
+            k, v = F.linear(context, w_kv, b_kv).view(b, context.shape[1], 2, h, d).permute(2, 0, 3, 1, 4).unbind(0)
         out = F.scaled_dot_product_attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(b, n, c))
 
@@ -421,8 +421,9 @@ def checkpoint_filter_fn(state_dict, model: VisionTransformer, source=None):
     """
     from ...weights import Converted
     sd, layout = convert_to_internal(state_dict)
+    dropped = sorted({k.split(".")[0] for k in sd if k.startswith(_DROPPED_PREFIXES)})
     sd = {k: v for k, v in sd.items() if not k.startswith(_DROPPED_PREFIXES)}
-    notes, allow_missing = [], ()
+    notes, allow_missing = [f"not used by the encoder, dropped: {', '.join(dropped)}"] if dropped else [], ()
     where = getattr(source, "path", "<state_dict>")
     if layout == "mmseg" and "norm.weight" not in sd:
         allow_missing = ("norm.",)  # mmseg files converted with final_norm=False carry no final LayerNorm
@@ -471,8 +472,9 @@ def config_from_checkpoint(source) -> dict:
         rows = pos.shape[1] - out["class_token"] - out["distilled"]
         side = math.isqrt(rows)
         stages = {k.split(".")[3] for k in sd if k.startswith("patch_embed.backbone.stages.")}
-        stride = 4 * 2 ** (len(stages) - 1) if stages else sd["patch_embed.proj.weight"].shape[-1]
-        if side * side == rows:
+        patch = sd.get("patch_embed.proj.weight")
+        stride = 4 * 2 ** (len(stages) - 1) if stages else (patch.shape[-1] if patch is not None else 0)
+        if stride and side * side == rows:
             out["img_size"] = side * stride
     return out
 
@@ -495,8 +497,10 @@ def _npz_table(depth: int, hybrid_layers, big_vision: bool, has_cls: bool) -> li
         table.append(("cls_token", ("cls",), "plain"))
     for i in range(depth):
         o, n = f"blocks.{i}.", f"Transformer/encoderblock_{i}/"
-        table += [(o + "norm1.weight", (n + ln1 + "/scale",), "plain"), (o + "norm1.bias", (n + ln1 + "/bias",), "plain"),
-                  (o + "norm2.weight", (n + ln2 + "/scale",), "plain"), (o + "norm2.bias", (n + ln2 + "/bias",), "plain"),
+        table += [(o + "norm1.weight", (n + ln1 + "/scale",), "plain"),
+                  (o + "norm1.bias", (n + ln1 + "/bias",), "plain"),
+                  (o + "norm2.weight", (n + ln2 + "/scale",), "plain"),
+                  (o + "norm2.bias", (n + ln2 + "/bias",), "plain"),
                   (o + "attn.qkv.weight", tuple(f"{n}{mha}/{p}/kernel" for p in ("query", "key", "value")), "qkv_w"),
                   (o + "attn.qkv.bias", tuple(f"{n}{mha}/{p}/bias" for p in ("query", "key", "value")), "qkv_b"),
                   (o + "attn.proj.weight", (f"{n}{mha}/out/kernel",), "out_w"),
