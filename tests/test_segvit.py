@@ -298,6 +298,10 @@ def test_official_checkpoint_loads_strictly(name, tmp_path):
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), src(x))
+    vitseg.save_weights(loaded, tmp_path / "converted.safetensors")  # `vitseg convert` round trip
+    again = vitseg.load_checkpoint(tmp_path / "converted.safetensors").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), src(x))
     sd.pop("decode_head.class_embed.weight" if "shrunk" not in name else "decode_head.atm.class_embed.weight")
     torch.save(sd, path)
     with pytest.raises(vitseg.CheckpointError, match="class_embed"):
