@@ -322,9 +322,11 @@ def test_mmseg_vit_backbone_file_initialises_the_encoder(tmp_path):
     torch.testing.assert_close(model.backbone.blocks[3].mlp.fc2.weight, src.backbone.blocks[3].mlp.fc2.weight)
 
 
-def test_shrunk_rejects_indices_on_the_wrong_side_of_the_downsampling():
+def test_bad_indices_are_config_errors():
     with pytest.raises(ConfigError, match="out_indices"):
         segvit_shrunk("l16", out_indices=(9, 23), shrink_index=8)
+    with pytest.raises(ConfigError, match="shallow to deep"):
+        vitseg.create_model("segvit_vit_b16", out_indices=(11, 7, 5))
 
 
 @needs_vit

@@ -425,6 +425,9 @@ def segvit(variant: str, num_classes: int = 150, img_size: int | None = None, ou
     cfg = _VARIANTS[variant]
     img_size = img_size or cfg["img_size"]
     out_indices = tuple(out_indices if out_indices is not None else cfg["out_indices"])
+    if list(out_indices) != sorted(set(out_indices)):
+        raise ConfigError(f"segvit: out_indices must be distinct ViT block indices from shallow to deep (the "
+                          f"cascade reverses them itself), e.g. {cfg['out_indices']}; got {out_indices}")
     backbone = create_backbone(cfg["backbone"], out_indices=out_indices, img_size=img_size,
                                drop_path_rate=cfg["drop_path_rate"] if drop_path_rate is None else drop_path_rate,
                                **backbone_kw)
