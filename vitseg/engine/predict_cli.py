@@ -7,7 +7,6 @@ and the normalisation, so nothing else is needed. For every input image <stem>.<
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -24,26 +23,25 @@ def add_parser(sub) -> None:
         "predict", help="segment images with a trained checkpoint (indexed PNG masks + overlays)",
         description="Segment image files or folders with a vitseg checkpoint (.safetensors with metadata). "
         "Writes <stem>.png (indexed, the checkpoint's palette, same size as the input) and <stem>_overlay.png "
-        "(overlay with a legend of the classes present) into --out.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        "(overlay with a legend of the classes present) into --out.")
     p.add_argument("checkpoint", help="vitseg .safetensors weights (from training or `vitseg convert`)")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders of images")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--mode", choices=("whole", "slide"), default="whole", help="whole image or sliding window")
+    p.add_argument("--mode", choices=("whole", "slide"), default="whole", help="whole image or sliding window (default: whole)")
     p.add_argument("--crop", nargs=2, type=int, metavar=("H", "W"), default=None,
                    help="slide window size (default: the checkpoint's crop_size)")
     p.add_argument("--stride", nargs=2, type=int, metavar=("H", "W"), default=None,
                    help="slide window stride (default: 2/3 of the crop)")
     p.add_argument("--scales", nargs="+", default=["1.0"],
-                   help="test scales, e.g. --scales 0.75 1 1.25 or 0.75,1,1.25 (probabilities are averaged)")
+                   help="test scales, e.g. --scales 0.75 1 1.25 or 0.75,1,1.25 (probabilities are averaged; default: 1)")
     p.add_argument("--flip", action="store_true", help="also average horizontally flipped predictions")
     p.add_argument("--size", type=int, default=None, metavar="SHORT",
                    help="resize so that the short side is SHORT before inference (the mask is returned at "
                         "the input size); default: the input size")
     p.add_argument("--align", type=int, default=32, metavar="N",
                    help="in whole mode, stretch height and width up to multiples of N (SegFormer's "
-                        "AlignedResize); 0 or 1 turns it off")
-    p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the mask colours")
+                        "AlignedResize; default 32); 0 or 1 turns it off")
+    p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the mask colours (default: 0.5)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     p.set_defaults(func=cmd_predict)
 

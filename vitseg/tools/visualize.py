@@ -138,6 +138,7 @@ def legend(class_names: Sequence[str], palette: Palette | None, present_ids, wid
     font = _font()
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     swatch, pad = 14, 6
+    class_names = list(class_names or [])
     names = [class_names[i] if 0 <= i < len(class_names) else f"class {i}" for i in ids] or ["(no classes)"]
     entries = [(i, n, swatch + 4 + _text_size(measure, n, font)[0] + 2 * pad) for i, n in zip(ids or [-1], names)]
     line_h = max(swatch, _text_size(measure, "Ag", font)[1]) + pad
