@@ -113,3 +113,15 @@ def test_plots_without_matplotlib_say_how_to_install(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # makes the import fail
     with pytest.raises(ConfigError, match=r"pip install vitseg\[viz\]"):
         viz.plot_confusion(np.eye(2), ["a", "b"], tmp_path / "c.png")
+
+
+def test_save_prediction_writes_mask_overlay_and_panel(tmp_path):
+    image = np.full((20, 30, 3), 90, np.uint8)
+    pred = np.zeros((20, 30), int)
+    pred[:, 15:] = 1
+    gt = np.ones((20, 30), int)
+    paths = viz.save_prediction(tmp_path, "frame", image, pred, PALETTE, NAMES, gt_mask=gt)
+    assert [p.name for p in paths] == ["frame.png", "frame_overlay.png", "frame_panel.png"]
+    assert np.array_equal(np.array(Image.open(paths[0])), pred)
+    assert Image.open(paths[1]).size[0] == 30 and Image.open(paths[2]).size[0] == 3 * 30 + 8
+    assert len(viz.save_prediction(tmp_path / "b", "frame", image, pred, PALETTE, NAMES)) == 2

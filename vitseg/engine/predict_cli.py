@@ -27,13 +27,15 @@ def add_parser(sub) -> None:
     p.add_argument("checkpoint", help="vitseg .safetensors weights (from training or `vitseg convert`)")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders of images")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--mode", choices=("whole", "slide"), default="whole", help="whole image or sliding window (default: whole)")
+    p.add_argument("--mode", choices=("whole", "slide"), default="whole",
+                   help="whole image or sliding window (default: whole)")
     p.add_argument("--crop", nargs=2, type=int, metavar=("H", "W"), default=None,
                    help="slide window size (default: the checkpoint's crop_size)")
     p.add_argument("--stride", nargs=2, type=int, metavar=("H", "W"), default=None,
                    help="slide window stride (default: 2/3 of the crop)")
     p.add_argument("--scales", nargs="+", default=["1.0"],
-                   help="test scales, e.g. --scales 0.75 1 1.25 or 0.75,1,1.25 (probabilities are averaged; default: 1)")
+                   help="test scales, e.g. --scales 0.75 1 1.25 or 0.75,1,1.25 (probabilities are averaged; "
+                        "default: 1)")
     p.add_argument("--flip", action="store_true", help="also average horizontally flipped predictions")
     p.add_argument("--size", type=int, default=None, metavar="SHORT",
                    help="resize so that the short side is SHORT before inference (the mask is returned at "
@@ -160,8 +162,6 @@ def cmd_predict(args) -> int:
         scores = predict(model, x, mode=args.mode, crop=crop, stride=args.stride, scales=scales, flip=args.flip,
                          out_size=(height, width))
         mask = scores.argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
-        visualize.save_indexed_png(mask, palette, out / f"{path.stem}.png")
-        picture = visualize.overlay_with_legend(image, mask, palette, class_names, alpha=args.alpha)
-        visualize.save_image(picture, out / f"{path.stem}_overlay.png")
+        visualize.save_prediction(out, path.stem, image, mask, palette, class_names, alpha=args.alpha)
     print(f"wrote {len(files)} mask(s) and overlay(s) to {out}")
     return 0
