@@ -151,10 +151,10 @@ def official_checkpoint(model, pretraining: bool = False) -> dict:
     """Our state dict written the way unilm saves it: {'model': ...} with index buffers and unused heads."""
     sd = {k: v.clone() for k, v in model.state_dict().items()}
     c = model.embed_dim
-    for i, blk in enumerate(model.blocks):
+    for i in range(model.depth):
         sd[f"blocks.{i}.attn.relative_position_index"] = relative_position_index(model.window_size)
     if pretraining:  # one shared table, a mask token, the MIM head and the final norm
-        shared = sd[f"blocks.0.attn.relative_position_bias_table"]
+        shared = sd["blocks.0.attn.relative_position_bias_table"]
         for i in range(model.depth):
             del sd[f"blocks.{i}.attn.relative_position_bias_table"]
         sd.update({"rel_pos_bias.relative_position_bias_table": shared, "mask_token": torch.zeros(1, 1, c),

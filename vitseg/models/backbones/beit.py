@@ -471,8 +471,8 @@ def checkpoint_filter_fn(state_dict, model: Beit, source):
     sd, layout, dropped = convert_to_internal(state_dict)
     notes = []
     if dropped:
-        groups = sorted({re.sub(r"\.\d+\..*|\..*", "", k.replace("backbone.", "").replace("beit.", ""))
-                         for k in dropped})
+        groups = sorted({"relative_position_index" if k.endswith("relative_position_index")
+                         else re.sub(r"^(backbone|beit)\.", "", k).split(".")[0] for k in dropped})
         notes.append(f"ignored {len(dropped)} tensors the encoder does not use ({', '.join(groups)})")
     shared = sd.pop("rel_pos_bias.relative_position_bias_table", None)
     if shared is not None:
@@ -514,16 +514,15 @@ def config_from_checkpoint(source) -> dict:
     """
     cfg: dict = {}
     c = source.config or {}
-    if c.get("model_type") in ("beit", "data2vec-vision"):
-        patch = c.get("patch_size", 16)
+    if c.get("model_type") == "beit":
+        if c.get("patch_size", 16) != 16:
+            raise CheckpointError(f"{source.path}: patch size {c['patch_size']}; the BEiT backbones here use 16")
         cfg.update(img_size=c.get("image_size", 224), norm_eps=c.get("layer_norm_eps", 1e-12),
                    layer_scale_init=c.get("layer_scale_init_value", 0.1) or None,
                    use_abs_pos_emb=bool(c.get("use_absolute_position_embeddings", False)),
                    use_rel_pos_bias=bool(c.get("use_relative_position_bias", False)
                                          or c.get("use_shared_relative_position_bias", False)),
                    rel_pos_resize="bilinear", qkv_bias=True)
-        if patch != 16:
-            raise CheckpointError(f"{source.path}: patch size {patch}; the BEiT backbones here use 16")
         return cfg
     sd, layout, _ = convert_to_internal(source.state_dict)
     if layout == "hf-transformers":

@@ -153,8 +153,8 @@ class CSWin(nn.Module):
                             ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Stage outputs (after norm1..4, at out_indices) and raw block outputs [B, C, h, w] at global block
         indices (position in the concatenation of all stages' blocks; before any output norm)."""
-        total = sum(self.depths)
-        wanted = sorted(set(block_indices))
+        total, block_indices = sum(self.depths), tuple(block_indices)
+        wanted = set(block_indices)
         if any(not 0 <= g < total for g in wanted):
             raise ConfigError(f"block_indices {list(block_indices)} out of range 0..{total - 1} for CSWin "
                               f"depths {list(self.depths)}")
