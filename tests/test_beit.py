@@ -345,3 +345,16 @@ def test_layer_ids_follow_beit_rule():
     assert model.layer_id("fpn1.0.weight") == 13
     decay = 0.9  # spec §6: patch embed 0.9^13, block 11 0.9^1
     assert math.isclose(decay ** (model.num_layers - model.layer_id("patch_embed.proj.weight")), 0.9 ** 13)
+
+
+def test_onnx_export_off_window_grid(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    model = tiny(img_size=64)
+    x = torch.randn(1, 3, 80, 96)  # 5x6 grid: the geometric resize must export as constants + matmuls
+    torch.onnx.export(model, (x,), str(tmp_path / "beit.onnx"), dynamo=False, opset_version=17)
+    sess = ort.InferenceSession(str(tmp_path / "beit.onnx"))
+    outs = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        for a, b in zip(outs, model(x)):
+            torch.testing.assert_close(torch.from_numpy(a), b, atol=1e-4, rtol=0)

@@ -227,3 +227,16 @@ def test_strict_errors_name_keys(tmp_path):
     torch.save(imagenet_checkpoint(small()), tmp_path / "t.pth")  # depth mismatch: CSWin-S expects more blocks
     with pytest.raises(CheckpointError, match="stage1.1.qkv.weight"):
         vitseg.create_backbone("cswin_s", pretrained=tmp_path / "t.pth", depths=(2, 2, 2, 1))
+
+
+def test_onnx_export_padding_path(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    model = small()
+    x = torch.randn(1, 3, 40, 60)  # stage grids not divisible by the stripe widths
+    torch.onnx.export(model, (x,), str(tmp_path / "cswin.onnx"), dynamo=False, opset_version=17)
+    sess = ort.InferenceSession(str(tmp_path / "cswin.onnx"))
+    outs = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        for a, b in zip(outs, model(x)):
+            torch.testing.assert_close(torch.from_numpy(a), b, atol=1e-4, rtol=0)

@@ -21,6 +21,7 @@ import functools
 import math
 import re
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -82,36 +83,36 @@ def geometric_coords(src: int, dst: int) -> list[float]:
 
 
 @functools.lru_cache(maxsize=64)
-def _cubic_spline_matrix(x: tuple[float, ...], t: tuple[float, ...]) -> torch.Tensor:
+def _cubic_spline_matrix(x: tuple[float, ...], t: tuple[float, ...]) -> np.ndarray:
     """W [len(t), len(x)] with W @ y = not-a-knot cubic spline through (x, y) evaluated at t (float64).
 
     Points outside [x0, xn] are clamped to the ends (FITPACK's evaluation rule). Fewer than 4 nodes: the
-    interpolating polynomial (which is what the not-a-knot spline reduces to).
+    interpolating polynomial (which is what the not-a-knot spline reduces to). Built in NumPy so that it is a
+    constant for tracing/ONNX export.
     """
-    xs = torch.tensor(x, dtype=torch.float64)
-    ts = torch.tensor(t, dtype=torch.float64).clamp(xs[0], xs[-1])
-    n = len(x)
+    xs = np.asarray(x, dtype=np.float64)
+    ts = np.clip(np.asarray(t, dtype=np.float64), xs[0], xs[-1])
+    n = len(xs)
     if n < 4:
-        w = torch.ones(len(t), n, dtype=torch.float64)
+        w = np.ones((len(ts), n))
         for j in range(n):
             for m in range(n):
                 if m != j:
                     w[:, j] *= (ts - xs[m]) / (xs[j] - xs[m])
         return w
-    h = xs[1:] - xs[:-1]
+    h = np.diff(xs)
     # Second derivatives M = S @ y from the interior C2 conditions plus not-a-knot at both ends.
-    a = torch.zeros(n, n, dtype=torch.float64)
-    b = torch.zeros(n, n, dtype=torch.float64)
-    i = torch.arange(1, n - 1)
+    a, b = np.zeros((n, n)), np.zeros((n, n))
+    i = np.arange(1, n - 1)
     a[i, i - 1], a[i, i], a[i, i + 1] = h[i - 1], 2 * (h[i - 1] + h[i]), h[i]
     b[i, i - 1], b[i, i], b[i, i + 1] = 6 / h[i - 1], -6 / h[i - 1] - 6 / h[i], 6 / h[i]
-    a[0, :3] = torch.stack([h[1], -(h[0] + h[1]), h[0]])
-    a[-1, -3:] = torch.stack([h[-1], -(h[-2] + h[-1]), h[-2]])
-    s = torch.linalg.solve(a, b)
-    seg = (torch.searchsorted(xs, ts, right=True) - 1).clamp(0, n - 2)
+    a[0, :3] = h[1], -(h[0] + h[1]), h[0]
+    a[-1, -3:] = h[-1], -(h[-2] + h[-1]), h[-2]
+    s = np.linalg.solve(a, b)
+    seg = np.clip(np.searchsorted(xs, ts, side="right") - 1, 0, n - 2)
     hs, left, right = h[seg], xs[seg + 1] - ts, ts - xs[seg]
-    rows = torch.arange(len(t))
-    w = torch.zeros(len(t), n, dtype=torch.float64)
+    rows = np.arange(len(ts))
+    w = np.zeros((len(ts), n))
     w[rows, seg] += left / hs
     w[rows, seg + 1] += right / hs
     w += ((left ** 3 / (6 * hs) - left * hs / 6)[:, None] * s[seg]
@@ -120,16 +121,14 @@ def _cubic_spline_matrix(x: tuple[float, ...], t: tuple[float, ...]) -> torch.Te
 
 
 @functools.lru_cache(maxsize=64)
-def _geometric_axis_matrix(src: int, dst: int) -> torch.Tensor:
+def _geometric_axis_matrix(src: int, dst: int) -> np.ndarray:
     """Linear map from `src` table offsets to `dst` offsets along one axis (float32)."""
-    if dst == src:
-        return torch.eye(src)
-    if dst < src:  # the small grid's offsets all exist in the table: keep them exactly
+    if dst <= src:  # the small grid's offsets all exist in the table: keep them exactly
         start = (src - dst) // 2
-        return torch.eye(src)[start:start + dst]
+        return np.eye(src, dtype=np.float32)[start:start + dst]
     half = dst // 2
     targets = tuple(float(v) for v in range(-half, half + 1))
-    return _cubic_spline_matrix(tuple(geometric_coords(src, dst)), targets).float()
+    return _cubic_spline_matrix(tuple(geometric_coords(src, dst)), targets).astype(np.float32)
 
 
 def resize_rel_pos_table(table: torch.Tensor, src_grid: tuple[int, int], dst_grid: tuple[int, int],
@@ -152,8 +151,9 @@ def resize_rel_pos_table(table: torch.Tensor, src_grid: tuple[int, int], dst_gri
             new = F.interpolate(sub.permute(2, 0, 1)[None], size=(dh, dw), mode="bilinear",
                                 align_corners=False)[0].permute(1, 2, 0)
         else:
-            mh = _geometric_axis_matrix(sh, dh).to(sub.device)
-            mw = _geometric_axis_matrix(sw, dw).to(sub.device)
+            # torch.tensor(list): a plain constant for tracing/ONNX export (from_numpy is not exportable)
+            mh = torch.tensor(_geometric_axis_matrix(sh, dh).tolist(), device=sub.device)
+            mw = torch.tensor(_geometric_axis_matrix(sw, dw).tolist(), device=sub.device)
             new = torch.einsum("ij,jkh,lk->ilh", mh, sub, mw)
         new = new.reshape(dh * dw, heads).to(table.dtype)
     return torch.cat([new, table[-NUM_CLS_ENTRIES:]], dim=0)
