@@ -10,7 +10,7 @@ from vitseg.errors import CheckpointError, ConfigError
 from vitseg.models.backbones.cswin import CSWinBlock, LePEAttention
 from vitseg.models.registry import get_entry
 
-SMALL = dict(depths=(1, 2, 2, 1))
+SMALL = dict(depths=(1, 2, 2, 1), embed_dim=32)  # dims 32..256, head dim 16
 
 
 def n_params(m) -> int:
@@ -140,16 +140,16 @@ def test_four_levels_on_non_square_non_multiple_input():
     x = torch.randn(2, 3, 100, 150)
     with torch.no_grad():
         stages, blocks = model.forward_with_blocks(x, block_indices=(2, 4, 0))
-    assert [tuple(s.shape) for s in stages] == [(2, 64, 25, 37), (2, 128, 13, 19), (2, 256, 7, 10), (2, 512, 4, 5)]
-    assert model.out_channels == [64, 128, 256, 512] and model.strides == [4, 8, 16, 32]
-    assert [tuple(b.shape[1:]) for b in blocks] == [(128, 13, 19), (256, 7, 10), (64, 25, 37)]
+    assert [tuple(s.shape) for s in stages] == [(2, 32, 25, 37), (2, 64, 13, 19), (2, 128, 7, 10), (2, 256, 4, 5)]
+    assert model.out_channels == [32, 64, 128, 256] and model.strides == [4, 8, 16, 32]
+    assert [tuple(b.shape[1:]) for b in blocks] == [(64, 13, 19), (128, 7, 10), (32, 25, 37)]
     # block 4 is the last block of stage 3: its stage output is that block after norm3
-    normed = model.norm3(blocks[1].flatten(2).transpose(1, 2)).transpose(1, 2).reshape(2, 256, 7, 10)
+    normed = model.norm3(blocks[1].flatten(2).transpose(1, 2)).transpose(1, 2).reshape(2, 128, 7, 10)
     torch.testing.assert_close(stages[2], normed)
     with pytest.raises(ConfigError, match="block_indices"):
         model.forward_with_blocks(x, block_indices=(6,))
     two = vitseg.create_backbone("cswin_t", out_indices=(1, 2), **SMALL)
-    assert two.out_channels == [128, 256] and len(two(x)) == 2
+    assert two.out_channels == [64, 128] and len(two(x)) == 2
 
 
 def test_gradients_reach_every_parameter():
@@ -177,8 +177,9 @@ def test_layer_ids():
 def imagenet_checkpoint(model) -> dict:
     sd = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith(("norm1.", "norm2.", "norm3.",
                                                                                      "norm4."))}
-    sd.update({"norm.weight": torch.ones(512), "norm.bias": torch.zeros(512),
-               "head.weight": torch.zeros(1000, 512), "head.bias": torch.zeros(1000)})
+    c4 = model.dims[3]
+    sd.update({"norm.weight": torch.ones(c4), "norm.bias": torch.zeros(c4),
+               "head.weight": torch.zeros(1000, c4), "head.bias": torch.zeros(1000)})
     return sd
 
 
@@ -194,7 +195,7 @@ def test_official_imagenet_checkpoint_loads(tmp_path, wrapper):
     model = vitseg.create_backbone("cswin_t", **SMALL)
     conv = weights.load_into(model, tmp_path / "cswin.pth", get_entry("cswin_t"))
     assert any("head" in n for n in conv.notes) and any("norm1..norm4" in n for n in conv.notes)
-    assert torch.equal(model.norm2.weight, torch.ones(128))  # new seg norms stay at LN init
+    assert torch.equal(model.norm2.weight, torch.ones(64))  # new seg norms stay at LN init
     x = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
         _, ours = model.eval().forward_with_blocks(x, block_indices=range(6))
@@ -206,7 +207,7 @@ def test_official_imagenet_checkpoint_loads(tmp_path, wrapper):
 def test_official_segmentation_checkpoint_loads(tmp_path):
     src = small()
     sd = {"backbone." + k: v for k, v in src.state_dict().items()}
-    sd.update({"decode_head.conv_seg.weight": torch.zeros(150, 512, 1, 1), "auxiliary_head.conv_seg.bias":
+    sd.update({"decode_head.conv_seg.weight": torch.zeros(150, 256, 1, 1), "auxiliary_head.conv_seg.bias":
                torch.zeros(150)})
     torch.save({"state_dict": sd, "meta": {"iter": 160000}}, tmp_path / "upernet_cswin.pth")
     model = vitseg.create_backbone("cswin_t", pretrained=tmp_path / "upernet_cswin.pth", **SMALL).eval()
@@ -226,7 +227,7 @@ def test_strict_errors_name_keys(tmp_path):
     assert "stage3.1.attns.1.get_v.weight" in str(err.value) and "stage2.0.attns.0.rel_table" in str(err.value)
     torch.save(imagenet_checkpoint(small()), tmp_path / "t.pth")  # depth mismatch: CSWin-S expects more blocks
     with pytest.raises(CheckpointError, match="stage1.1.qkv.weight"):
-        vitseg.create_backbone("cswin_s", pretrained=tmp_path / "t.pth", depths=(2, 2, 2, 1))
+        vitseg.create_backbone("cswin_s", pretrained=tmp_path / "t.pth", depths=(2, 2, 2, 1), embed_dim=32)
 
 
 def test_onnx_export_padding_path(tmp_path):
