@@ -12,7 +12,12 @@ def add_parser(sub) -> None:
     data = sub.add_parser("data", help="inspect datasets on disk",
                           description="Inspect datasets on disk. See `vitseg data check --help`.")
     data_sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
-    data.set_defaults(func=lambda args: (data.print_help(), 2)[1])
+
+    def show_help(args) -> int:
+        data.print_help()
+        return 2
+
+    data.set_defaults(func=show_help)
 
     p = data_sub.add_parser(
         "check", help="class histogram, label values, size agreement and bad files of a dataset",
