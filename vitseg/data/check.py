@@ -123,7 +123,7 @@ def _default_splits(root: Path, type: str) -> List[str]:
     return splits
 
 
-def _check_sample(ds: SegDataset, index: int, report: SplitReport, counts: np.ndarray) -> None:
+def _check_sample(ds: SegDataset, index: int, report: SplitReport, counts: np.ndarray, missing: set) -> None:
     sample = ds.samples[index]
     if isinstance(ds, SyntheticShapes):
         image, raw = ds.generate(index)
@@ -133,7 +133,7 @@ def _check_sample(ds: SegDataset, index: int, report: SplitReport, counts: np.nd
             image = read_image(sample.image)
         except DataError as e:
             report.problems.append(str(e))
-        if sample.label in ds.missing_labels:
+        if sample.label in missing:
             report.problems.append(f"{sample.label}: label file missing (image {sample.image})")
         else:
             try:
@@ -167,8 +167,9 @@ def check_split(ds: SegDataset, progress: bool = False) -> SplitReport:
     if progress:
         from tqdm import tqdm
         indices = tqdm(indices, desc=f"check {ds.split}", unit="img", leave=False)
+    missing = set(ds.missing_labels)
     for i in indices:
-        _check_sample(ds, i, report, counts)
+        _check_sample(ds, i, report, counts, missing)
     report.stored_values = Counter({int(v): int(counts[v]) for v in np.flatnonzero(counts)})
     class_pixels = np.zeros(ds.num_classes, np.int64)
     legal = ds.lut >= 0
