@@ -15,7 +15,10 @@ Segmentation conventions (specs/backbones.md §1):
 - Inputs whose size is not a multiple of the patch are zero-padded at the bottom/right (mmseg `PatchEmbed`
   padding='corner'), so the token grid is ceil(H/p) × ceil(W/p); decoders crop their output back.
 - The stored position table covers the `img_size` grid; any other grid gets a bicubic resample of it at run time
-  (align_corners=False, no antialias: the mmseg and HF behaviour). Prefix rows are never interpolated.
+  (align_corners=False, no antialias: the mmseg and HF behaviour; `pos_resize_mode='bilinear'` for SETR; timm's
+  antialiased variant is not offered). Prefix rows are never interpolated. Checkpoint tables are resized to the
+  model's grid at load time, with a notice.
+- Hybrids (R26+S/32, R50+L/32): the ResNet of resnetv2.py replaces the patch convolution; tokens at stride 32.
 - Init without weights: timm default (Linear trunc-normal 0.02, pos_embed trunc-normal 0.02, cls normal 1e-6).
 """
 from __future__ import annotations
