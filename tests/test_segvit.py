@@ -375,3 +375,13 @@ def test_cpu_count_equals_meta_count():
     with torch.device("meta"):
         meta = measure(tiny(), (64, 64))
     assert cpu.flops == meta.flops and cpu.params == meta.params
+
+
+@needs_vit
+def test_slide_prediction_with_square_windows():
+    """The recipes' test mode: square crop windows over a wider image (Shrunk queries stay at the crop grid)."""
+    from vitseg.engine.inference import predict
+    model = tiny("segvit_shrunk_vit_l16").eval()
+    with torch.no_grad():
+        scores = predict(model, torch.randn(1, 3, 64, 100), mode="slide", crop=64, stride=48)
+    assert scores.shape == (1, 5, 64, 100) and torch.isfinite(scores).all()
