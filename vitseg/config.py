@@ -280,6 +280,17 @@ def config_to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
 
 
+class _Dumper(yaml.SafeDumper):
+    """Sections as blocks, short lists and dicts of values inline ([512, 512])."""
+
+
+def _represent_list(dumper, data):
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=True)
+
+
+_Dumper.add_representer(list, _represent_list)
+
+
 def dump_config(cfg: Config) -> str:
     """The resolved config as YAML (sections in declaration order); load_config reads it back."""
-    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=None)
+    return yaml.dump(config_to_dict(cfg), Dumper=_Dumper, sort_keys=False, default_flow_style=False)

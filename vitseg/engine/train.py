@@ -302,6 +302,12 @@ def train(cfg: Config, resume: str | None = None, train_set=None, val_set=None) 
                         f"(batch_size_per_device {B} x {world} processes x grad_accum {accum}); lower "
                         "train.batch_size_per_device or train.grad_accum")
     max_iters = cfg.train.epochs * ipe if cfg.train.epochs else cfg.train.max_iters
+    for split, dataset in (("train", train_set), ("val", val_set)):
+        classes = getattr(dataset, "classes", None)
+        if classes is not None and len(classes) != cfg.model.num_classes:
+            raise ConfigError(f"the {split} dataset has {len(classes)} classes but model.num_classes is "
+                              f"{cfg.model.num_classes}; set model.num_classes={len(classes)} (or fix the "
+                              "dataset's classes.txt)")
 
     # Model, optimiser, schedule (seeded identically on every rank so that all start from the same weights)
     seed_everything(cfg.train.seed)
@@ -431,6 +437,9 @@ def train(cfg: Config, resume: str | None = None, train_set=None, val_set=None) 
             if val_set is not None and ((interval and done % interval == 0) or done == max_iters):
                 eval_model = ema.copy_model(model) if ema is not None else model
                 metrics = evaluate_model(eval_model, val_set, cfg, info)
+                if info.is_main:
+                    from .evaluate import save_metrics
+                    save_metrics(metrics, work_dir / "eval" / f"iter_{done:07d}")
                 row = {"event": "eval", "iter": done, "epoch": it // ipe,
                        **{k: float(metrics[k]) for k in ("aAcc", "mIoU", "mAcc") if k in metrics}}
                 log.event(row)
