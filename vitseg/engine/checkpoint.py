@@ -77,8 +77,8 @@ def check_num_classes(state_dict: dict, num_classes: int, path, key_hint: str = 
     found = state_dict.get("num_classes")
     if found is not None and int(found) != int(num_classes):
         raise CheckpointError(f"{path}: checkpoint has {int(found)} classes but the config asks for "
-                              f"{num_classes} ({key_hint}). Set {key_hint}={int(found)}, or start a new run "
-                              "(use the checkpoint as model.pretrained with a fresh classifier).")
+                              f"{num_classes} ({key_hint}). Set {key_hint}={int(found)}, or start a new run in another "
+                              "work dir (without --resume).")
 
 
 class CheckpointManager:

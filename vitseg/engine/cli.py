@@ -204,7 +204,7 @@ def cmd_eval(args) -> int:
     split = args.split or d.val_split
     dataset = build_dataset(d.type, d.root, split, TestPipeline(scale=d.test_scale, align_to=d.align_to,
                                                                 mean=d.mean, std=d.std),
-                            seed=cfg.train.seed, **_dataset_kwargs(cfg))
+                            **_dataset_kwargs(cfg))
     model.to(info.device).eval()
     with torch.inference_mode():
         metrics = evaluate_model(model, dataset, cfg, info, progress=True)

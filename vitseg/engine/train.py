@@ -217,12 +217,15 @@ def build_datasets(cfg: Config, splits=("train", "val")) -> dict:
                                      **_dataset_kwargs(cfg))
     if "val" in splits and d.val_split:
         pipe = TestPipeline(scale=d.test_scale, align_to=d.align_to, mean=d.mean, std=d.std)
-        out["val"] = build_dataset(d.type, d.root, d.val_split, pipe, seed=cfg.train.seed, **_dataset_kwargs(cfg))
+        # No seed: evaluation data must not change with train.seed (it matters for generated data).
+        out["val"] = build_dataset(d.type, d.root, d.val_split, pipe, **_dataset_kwargs(cfg))
     return out
 
 
 def _dataset_kwargs(cfg: Config) -> dict:
     kw = dict(cfg.data.options)
+    if cfg.data.type == "synthetic":  # generated data: as many classes as the model predicts
+        kw.setdefault("num_classes", cfg.model.num_classes)
     if cfg.data.reduce_zero_label:
         kw["reduce_zero_label"] = True
     return kw
