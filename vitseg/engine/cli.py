@@ -110,7 +110,7 @@ def cmd_train(args) -> int:
         overrides.append("train.deterministic=true")
     cfg = load_config(args.config, overrides)
     summary = train(cfg, resume=args.resume)
-    if summary["best"].get("value") is not None:
+    if summary["rank"] == 0 and summary["best"].get("value") is not None:
         logger.info(f"best {summary['best']['metric']} {summary['best']['value']:.2f} at iteration "
                     f"{summary['best']['iteration']}: {Path(cfg.work_dir) / 'checkpoints' / 'best.safetensors'}")
     return 0

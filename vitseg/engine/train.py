@@ -280,7 +280,7 @@ def eval_settings(cfg: Config) -> dict:
 
 # ----------------------------------------------------------------------------------------------- the loop
 def train(cfg: Config, resume: str | None = None, train_set=None, val_set=None) -> dict:
-    """Train as the config says; returns {"iteration", "losses", "metrics", "best", "work_dir"}.
+    """Train as the config says; returns {"iteration", "losses", "metrics", "best", "work_dir", "model", "rank"}.
 
     resume: None, "auto" (newest checkpoint in the work dir, if any) or a checkpoint path.
     train_set / val_set: datasets to use instead of the config's (val_set=None and no data.val_split: no eval).
@@ -477,7 +477,7 @@ def train(cfg: Config, resume: str | None = None, train_set=None, val_set=None) 
         save_best(final, work_dir / "checkpoints", metrics, max_iters, cfg.eval.metric, config_to_dict(cfg),
                   eval_settings(cfg), name="last")
     return {"iteration": max_iters, "losses": losses, "metrics": metrics, "best": best,
-            "work_dir": str(work_dir), "model": model}
+            "work_dir": str(work_dir), "model": model, "rank": info.rank}
 
 
 def _fmt_time(seconds: float) -> str:
