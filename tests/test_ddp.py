@@ -19,7 +19,7 @@ from vitseg.engine.train import train
 
 torch.set_num_threads(1)
 SETTINGS = dict(model={"overrides": {"drop_path_rate": 0.0, "dropout": 0.0}},
-                train={"max_iters": 3, "checkpoint_interval": 3, "batch_size_per_device": 2}, optim={"lr": 1e-4})
+                train={"max_iters": 2, "checkpoint_interval": 2, "batch_size_per_device": 2}, optim={"lr": 1e-4})
 
 
 def _free_port() -> int:
@@ -33,7 +33,7 @@ def _worker(rank: int, world: int, port: int, work_dir: str) -> None:
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     try:
-        train(tiny_config(work_dir, **SETTINGS), train_set=ToyShapes(n=16))
+        train(tiny_config(work_dir, **SETTINGS), train_set=ToyShapes(n=8))
     finally:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
@@ -42,12 +42,12 @@ def _worker(rank: int, world: int, port: int, work_dir: str) -> None:
 def test_two_process_ddp_matches_single_process(tmp_path):
     single_cfg = tiny_config(tmp_path / "single", **SETTINGS)
     single_cfg.train.grad_accum = 2
-    train(single_cfg, train_set=ToyShapes(n=16))
+    train(single_cfg, train_set=ToyShapes(n=8))
 
     mp.start_processes(_worker, args=(2, _free_port(), str(tmp_path / "ddp")), nprocs=2, start_method="spawn")
 
-    a = ckpt.load_state(tmp_path / "single" / "checkpoints" / "step_0000003.pt")
-    b = ckpt.load_state(tmp_path / "ddp" / "checkpoints" / "step_0000003.pt")
+    a = ckpt.load_state(tmp_path / "single" / "checkpoints" / "step_0000002.pt")
+    b = ckpt.load_state(tmp_path / "ddp" / "checkpoints" / "step_0000002.pt")
     assert b["world_size"] == 2 and len(b["rng_per_rank"]) == 2
     compared = 0
     for key, value in a["model"].items():
@@ -60,4 +60,4 @@ def test_two_process_ddp_matches_single_process(tmp_path):
     torch.testing.assert_close(torch.tensor(read_losses(tmp_path / "ddp")),
                                torch.tensor(read_losses(tmp_path / "single")), rtol=0, atol=1e-5)
     # Only rank 0 wrote: one set of logs, one checkpoint folder.
-    assert sorted(p.name for p in (tmp_path / "ddp" / "checkpoints").glob("step_*.pt")) == ["step_0000003.pt"]
+    assert sorted(p.name for p in (tmp_path / "ddp" / "checkpoints").glob("step_*.pt")) == ["step_0000002.pt"]

@@ -100,8 +100,12 @@ def test_nan_loss_stops_with_iteration_and_keeps_files(tmp_path):
 def test_class_count_mismatch_names_both_numbers(tmp_path):
     train(tiny_config(tmp_path, train={"max_iters": 2}), train_set=ToyShapes(n=8))
     cfg = tiny_config(tmp_path, model={"num_classes": 5}, train={"max_iters": 4})
+    five = ToyShapes(n=8)
+    five.classes = ["a", "b", "c", "d", "e"]  # the data agrees with the new config; the checkpoint does not
     with pytest.raises(CheckpointError, match=r"step_0000002\.pt.* 2 classes .* 5 .*model\.num_classes"):
-        train(cfg, resume="auto", train_set=ToyShapes(n=8))
+        train(cfg, resume="auto", train_set=five)
+    with pytest.raises(ConfigError, match="train dataset has 2 classes but model.num_classes is 5"):
+        train(tiny_config(tmp_path / "new", model={"num_classes": 5}), train_set=ToyShapes(n=8))
 
 
 def test_atomic_save_keeps_old_file_on_failure(tmp_path, monkeypatch):
