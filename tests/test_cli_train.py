@@ -92,3 +92,13 @@ def test_every_command_has_help(capsys):
             main(cmd + ["--help"])
         text = capsys.readouterr().out
         assert "usage:" in text
+
+
+def test_demo_command_small(tmp_path, capsys):
+    """The demo path end to end (train, evaluate, chance level, drawings) on a shrunken setting."""
+    assert main(["demo", "--work-dir", str(tmp_path), "--num-predictions", "2", "--set", "train.max_iters=2",
+                 "data.options.num_images=8", "data.options.size=[32,32]", "data.crop_size=[32,32]",
+                 "data.scale=[32,32]", "log.progress=false", "log.tensorboard=false"]) == 0
+    out = capsys.readouterr().out
+    assert "demo: mIoU" in out and "chance level" in out
+    assert len(list((tmp_path / "predictions").glob("*_overlay.png"))) == 2

@@ -260,7 +260,8 @@ def evaluate_model(model: nn.Module, dataset, cfg: Config, info: DistInfo, progr
     """Score `model` on this rank's unpadded shard; the confusion matrix is summed over ranks."""
     from .evaluate import evaluate
     shard = Subset(dataset, list(range(info.rank, len(dataset), info.world_size))) if info.enabled else dataset
-    loader = DataLoader(shard, batch_size=1, num_workers=cfg.eval.workers)
+    # Own generator: evaluating must not consume the global torch RNG that training (dropout) uses.
+    loader = DataLoader(shard, batch_size=1, num_workers=cfg.eval.workers, generator=torch.Generator())
     e = cfg.eval
     was_training = model.training
     model.eval()
