@@ -1,9 +1,11 @@
 """A killed run resumed with --resume equals an uninterrupted run bit-exactly on CPU (losses and weights)."""
+import pytest
 import torch
 
 from tests.test_train import ToyShapes, read_losses, tiny_config
 from vitseg.engine import checkpoint as ckpt
 from vitseg.engine.train import train
+from vitseg.errors import CheckpointError
 
 torch.set_num_threads(1)
 
@@ -28,11 +30,8 @@ def test_resume_is_bit_exact(tmp_path, monkeypatch):
         return path
 
     monkeypatch.setattr(ckpt.CheckpointManager, "save", save_then_die)
-    try:
+    with pytest.raises(Killed):
         train(tiny_config(tmp_path / "killed", **settings), train_set=ToyShapes(n=8))
-        raise AssertionError("the run was not interrupted")
-    except Killed:
-        pass
     monkeypatch.setattr(ckpt.CheckpointManager, "save", original_save)
     resumed = train(tiny_config(tmp_path / "killed", **settings), resume="auto", train_set=ToyShapes(n=8))
 
@@ -53,7 +52,5 @@ def test_resume_explicit_path_and_missing_file(tmp_path):
     out = train(tiny_config(tmp_path, train={"max_iters": 3, "checkpoint_interval": 1}),
                 resume=str(tmp_path / "checkpoints" / "step_0000001.pt"), train_set=ToyShapes(n=8))
     assert len(out["losses"]) == 2  # iterations 2 and 3
-    import pytest
-    from vitseg.errors import CheckpointError
     with pytest.raises(CheckpointError, match="step_0000009.pt.*not found"):
         train(cfg, resume=str(tmp_path / "checkpoints" / "step_0000009.pt"), train_set=ToyShapes(n=8))
