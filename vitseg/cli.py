@@ -13,6 +13,7 @@ from .errors import VitsegError
 COMMAND_MODULES = [
     "vitseg.commands.models",
     "vitseg.engine.predict_cli",
+    "vitseg.engine.cli",
     "vitseg.data.cli",
 ]
 
