@@ -107,8 +107,16 @@ def benchmark(model: torch.nn.Module, batch: int = 1, size: tuple[int, int] = (5
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
+    previous_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
+    try:
+        return _run(model, batch, size, device, runs, warmup, train_step, amp, num_classes, seed)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _run(model, batch, size, device, runs, warmup, train_step, amp, num_classes, seed) -> dict:
     model = copy.deepcopy(model)
     if not train_step and hasattr(model, "strip_training_modules"):
         model.strip_training_modules()

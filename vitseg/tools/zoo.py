@@ -108,7 +108,8 @@ def collect(pattern: str = "*", update: bool = False, path=FIGURES_PATH, log=pri
         record = figures.get(name)
         stale = record is None or record.get("size") != list(size) or record.get("num_classes") != num_classes
         if update or stale:
-            log(f"measuring {name} at {size[0]}x{size[1]}, {num_classes} classes ...")
+            if log:
+                log(f"measuring {name} at {size[0]}x{size[1]}, {num_classes} classes ...")
             figures[name] = measure_model(name)
             changed = True
     if changed:
