@@ -13,6 +13,7 @@ from .errors import VitsegError
 COMMAND_MODULES = [
     "vitseg.commands.models",
     "vitseg.tools.cli",
+    "vitseg.engine.predict_cli",
 ]
 
 

@@ -109,10 +109,11 @@ def evaluate(model: torch.nn.Module, loader, mode: str = "whole", crop=None, str
     if device is None:
         param = next(model.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
-    num_classes = num_classes or getattr(model, "num_classes", None)
+    core = getattr(model, "module", model)  # a DDP wrapper keeps the attributes on .module
+    num_classes = num_classes or getattr(core, "num_classes", None)
     if not num_classes:
         raise ConfigError("evaluate needs num_classes (the model has no num_classes attribute)")
-    class_names = class_names or getattr(model, "class_names", None)
+    class_names = class_names or getattr(core, "class_names", None)
     if class_names is not None and len(class_names) != num_classes:
         raise ConfigError(f"{len(class_names)} class names for {num_classes} classes")
     rank = _dist_rank()

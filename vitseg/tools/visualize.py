@@ -138,6 +138,7 @@ def legend(class_names: Sequence[str], palette: Palette | None, present_ids, wid
     font = _font()
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     swatch, pad = 14, 6
+    class_names = list(class_names or [])
     names = [class_names[i] if 0 <= i < len(class_names) else f"class {i}" for i in ids] or ["(no classes)"]
     entries = [(i, n, swatch + 4 + _text_size(measure, n, font)[0] + 2 * pad) for i, n in zip(ids or [-1], names)]
     line_h = max(swatch, _text_size(measure, "Ag", font)[1]) + pad
@@ -215,6 +216,21 @@ def save_image(array: np.ndarray, path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(_image(array)).save(path, format="PNG")
     return path
+
+
+def save_prediction(out_dir, stem: str, image, mask, palette: Palette | None, class_names: Sequence[str],
+                    gt_mask=None, alpha: float = 0.5) -> list[Path]:
+    """Write one prediction the way `vitseg predict` and `vitseg eval --show-dir` do: <stem>.png (indexed
+    mask), <stem>_overlay.png (overlay + legend) and, when gt_mask is given, <stem>_panel.png
+    (image | ground truth | prediction). Returns the written paths."""
+    out_dir = Path(out_dir)
+    picture = overlay_with_legend(image, mask, palette, class_names, alpha)
+    paths = [save_indexed_png(mask, palette, out_dir / f"{stem}.png"),
+             save_image(picture, out_dir / f"{stem}_overlay.png")]
+    if gt_mask is not None:
+        panel = side_by_side(image, gt_mask, mask, palette, class_names)
+        paths.append(save_image(panel, out_dir / f"{stem}_panel.png"))
+    return paths
 
 
 def _figure(width: float, height: float):
