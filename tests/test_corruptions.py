@@ -140,3 +140,33 @@ def test_run_robustness_table(tmp_path):
 def test_run_robustness_rejects_unknown():
     with pytest.raises(ConfigError, match="unknown corruption"):
         run_robustness(BrightnessModel(), lambda c: TinySet(normalise), corruptions=["rain"])
+
+
+def test_cli_robustness_on_folder_dataset(tmp_path, capsys):
+    from PIL import Image
+
+    from vitseg import create_model, save_weights
+    from vitseg.cli import main
+    pytest.importorskip("vitseg.data")
+    root = tmp_path / "data"
+    for sub in ("images/val", "labels/val"):
+        (root / sub).mkdir(parents=True)
+    for i in range(2):
+        image = scene(32, 48, seed=i)
+        Image.fromarray(image).save(root / "images" / "val" / f"im{i}.png")
+        Image.fromarray((image.mean(axis=2) > 120).astype(np.uint8)).save(root / "labels" / "val" / f"im{i}.png")
+    (root / "classes.txt").write_text("dark\nbright\n")
+    ckpt = tmp_path / "m.safetensors"
+    save_weights(create_model("segformer_b0", num_classes=2), ckpt)
+    out = tmp_path / "rob"
+    code = main(["robustness", str(ckpt), "--data-root", str(root), "--corruptions", "noise", "fog",
+                 "--severities", "1", "3", "--out", str(out)])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "gaussian_noise" in text and "speckle_noise" in text and "fog" in text and "noise" in text
+    result = json.loads((out / "robustness.json").read_text())
+    assert set(result["corruptions"]) == {"gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise", "fog"}
+    assert set(result["groups"]) == {"noise"} and result["severities"] == [1, 3]
+    assert (out / "robustness.csv").read_text().count("\n") == 2 + 5 * 3
+    assert main(["robustness", str(ckpt), "--data-root", str(root), "--corruptions", "rain"]) == 2
+    assert main(["robustness", str(tmp_path / "none.safetensors"), "--data-root", str(root)]) == 4

@@ -50,20 +50,26 @@ def add_parser(sub) -> None:
                        "Cityscapes-C corruptions applied to the raw images before the test pipeline) and print "
                        "the table of mIoU per corruption and severity with the averages; saved as "
                        "robustness.json and robustness.csv in --out.")
-    p.add_argument("source", help="vitseg .safetensors checkpoint, or a training config .yaml")
+    p.add_argument("source", help="vitseg .safetensors checkpoint, or a config .yaml (model, data and eval "
+                   "settings are read from it)")
+    p.add_argument("checkpoint", nargs="?", default=None, help="weights for a config (default: the config's "
+                   "model.pretrained)")
     p.add_argument("--data-type", default=None, help="dataset type (folder, cityscapes, ade20k, camvid, ...; "
-                   "default: from the config, else folder)")
-    p.add_argument("--data-root", default=None, help="dataset root folder (default: from the config)")
-    p.add_argument("--split", default="val", help="split to evaluate (default val)")
+                   "default: the config's data.type, else folder)")
+    p.add_argument("--data-root", default=None, help="dataset root folder (default: the config's data.root)")
+    p.add_argument("--split", default=None, help="split to evaluate (default: the config's data.val_split, "
+                   "else val)")
     p.add_argument("--corruptions", nargs="+", default=None, metavar="NAME",
                    help="corruptions to run (default all 17; also group names noise, blur, weather, digital)")
     p.add_argument("--severities", nargs="+", type=int, default=[1, 2, 3, 4, 5], help="severities (1-5)")
     p.add_argument("--out", default="robustness", help="output folder (default ./robustness)")
-    p.add_argument("--mode", choices=["whole", "slide"], default="whole", help="inference mode")
+    p.add_argument("--mode", choices=["whole", "slide"], default=None, help="inference mode (default: the "
+                   "config's eval.mode, else whole)")
     p.add_argument("--crop", nargs=2, type=int, default=None, metavar=("H", "W"), help="slide window")
     p.add_argument("--stride", nargs=2, type=int, default=None, metavar=("H", "W"), help="slide stride")
     p.add_argument("--scale", nargs=2, type=int, default=None, metavar=("LONG", "SHORT"),
-                   help="test-time resize (keep ratio), e.g. 2048 1024; default: original size")
+                   help="test-time resize (keep ratio), e.g. 2048 1024; default: the config's "
+                   "data.test_scale, else the original size")
     p.add_argument("--num-classes", type=int, default=None, help="class count when it differs from the model's")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--workers", type=int, default=0, help="data loader workers")
@@ -165,28 +171,52 @@ def _expand_corruptions(names):
     return out
 
 
-def _robustness_source(args):
-    """Model and dataset settings from a checkpoint (flags give the data) or a config."""
+def _robustness_setup(args) -> tuple:
+    """(model, dataset kwargs, test pipeline kwargs, eval kwargs) from a checkpoint + flags, or from a config
+    (+ optional checkpoint); flags given on the command line win over the config."""
+    from ..models.registry import create_model
+    from ..weights import load_checkpoint
     path = Path(args.source)
     if not path.exists():
         raise CheckpointError(f"{args.source}: file not found")
-    settings = {"data_type": args.data_type or "folder", "data_root": args.data_root}
+    data = {"type": "folder", "root": None, "split": "val", "options": {}}
+    pipeline = {"scale": None, "align_to": None}
+    evaluation = {"mode": "whole", "crop": None, "stride": None}
     if path.suffix in (".yaml", ".yml"):
         try:
             from ..config import load_config
         except ImportError as e:
-            raise ConfigError(f"{path}: reading configs needs vitseg.config ({e}); pass a checkpoint instead") from e
-        from ..models.registry import create_model
+            raise ConfigError(f"{path}: reading configs needs vitseg.config ({e}); pass a checkpoint") from e
         cfg = load_config(path, [])
-        model = create_model(cfg.model.name, num_classes=args.num_classes or cfg.model.num_classes,
-                             pretrained=getattr(cfg.model, "pretrained", None) or None)
-        settings["data_type"] = args.data_type or getattr(cfg.data, "type", "folder")
-        settings["data_root"] = args.data_root or getattr(cfg.data, "root", None)
+        num_classes = args.num_classes or cfg.model.num_classes
+        if args.checkpoint:
+            model = load_checkpoint(args.checkpoint, num_classes=num_classes)
+        else:
+            model = create_model(cfg.model.name, num_classes=num_classes, pretrained=cfg.model.pretrained or None,
+                                 **cfg.model.overrides)
+        model.mean, model.std = tuple(cfg.data.mean), tuple(cfg.data.std)
+        options = dict(cfg.data.options)
+        if cfg.data.reduce_zero_label:
+            options["reduce_zero_label"] = True
+        data = {"type": cfg.data.type, "root": cfg.data.root or None, "split": cfg.data.val_split,
+                "options": options}
+        pipeline = {"scale": cfg.data.test_scale, "align_to": cfg.data.align_to}
+        evaluation = {"mode": cfg.eval.mode, "crop": cfg.eval.crop, "stride": cfg.eval.stride}
     else:
+        if args.checkpoint:
+            raise ConfigError(f"a second positional argument ({args.checkpoint}) only goes with a config .yaml")
         model = load_model(str(path), num_classes=args.num_classes)
-    if settings["data_type"] != "synthetic" and not settings["data_root"]:
+    data["type"] = args.data_type or data["type"]
+    data["root"] = args.data_root or data["root"]
+    data["split"] = args.split or data["split"]
+    if args.scale:
+        pipeline["scale"] = tuple(args.scale)
+    for key in ("mode", "crop", "stride"):
+        if getattr(args, key) is not None:
+            evaluation[key] = getattr(args, key)
+    if data["type"] != "synthetic" and not data["root"]:
         raise ConfigError("--data-root is required (the dataset folder to corrupt)")
-    return model, settings
+    return model, data, pipeline, evaluation
 
 
 def cmd_robustness(args) -> int:
@@ -199,19 +229,19 @@ def cmd_robustness(args) -> int:
     except ImportError as e:
         raise ConfigError(f"vitseg robustness needs vitseg.data (build_dataset, TestPipeline): {e}") from e
     corruptions = _expand_corruptions(args.corruptions)
-    model, settings = _robustness_source(args)
-    model.to(torch.device(args.device))
-    pipeline = TestPipeline(scale=tuple(args.scale) if args.scale else None, mean=model.mean, std=model.std)
+    model, data, pipeline_kwargs, evaluation = _robustness_setup(args)
+    device = torch.device(args.device)
+    model.to(device)
+    pipeline = TestPipeline(mean=model.mean, std=model.std, **pipeline_kwargs)
 
     def make_dataset(corruption):
-        return build_dataset(settings["data_type"], settings["data_root"], args.split,
-                             CorruptedPipeline(pipeline, corruption))
+        return build_dataset(data["type"], data["root"], data["split"], CorruptedPipeline(pipeline, corruption),
+                             **data["options"])
 
     result = run_robustness(model, make_dataset, corruptions, args.severities, seed=args.seed,
-                            workers=args.workers, mode=args.mode, crop=args.crop, stride=args.stride,
-                            device=torch.device(args.device), num_classes=args.num_classes)
-    result.update({"source": str(args.source), "data_type": settings["data_type"],
-                   "data_root": settings["data_root"], "split": args.split, "mode": args.mode})
+                            workers=args.workers, device=device, num_classes=args.num_classes, **evaluation)
+    result.update({"source": str(args.source), "checkpoint": args.checkpoint, "data_type": data["type"],
+                   "data_root": data["root"], "split": data["split"], **evaluation})
     print(format_robustness(result))
     json_path, csv_path = save_robustness(result, args.out)
     print(f"saved {json_path} and {csv_path}")
