@@ -6,9 +6,9 @@ Timing: `time.perf_counter` around each run, CUDA synchronised before reading th
 excluded. Latency is reported as the median with the spread (min, 10th/90th percentile, max, std).
 Peak memory:
 - CUDA: `torch.cuda.max_memory_allocated` after `reset_peak_memory_stats`, minus what was allocated before
-  the timed runs (the model's weights), i.e. activations and workspace of one run.
+  the first (warm-up) run (the model's weights and input), i.e. activations and workspace of one run.
 - CPU: the process's peak resident set size (Linux VmHWM in /proc/self/status) minus the RSS before the
-  runs, with the peak counter reset through /proc/self/clear_refs first. Where that reset is not possible the
+  first run, with the peak counter reset through /proc/self/clear_refs first. Where that reset is not possible the
   delta of `resource.getrusage(...).ru_maxrss` is used, which is only a lower bound (the process's earlier
   peak may hide it). The method used is returned under "memory_method".
 """
@@ -65,10 +65,10 @@ class _MemoryProbe:
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
             self.base = torch.cuda.memory_allocated(self.device)
-            self.method = "torch.cuda.max_memory_allocated minus allocation before the runs"
+            self.method = "torch.cuda.max_memory_allocated minus allocation before the first run"
         elif _reset_cpu_peak():
             self.base = _proc_status_kb("VmRSS") * 1024
-            self.method = "peak RSS (VmHWM, reset via /proc/self/clear_refs) minus RSS before the runs"
+            self.method = "peak RSS (VmHWM, reset via /proc/self/clear_refs) minus RSS before the first run"
         else:
             self.base = _ru_maxrss_kb() * 1024
             self.method = "ru_maxrss delta (lower bound: the process's earlier peak can hide it)"
@@ -143,11 +143,13 @@ def _run(model, batch, size, device, runs, warmup, train_step, amp, num_classes,
             with torch.inference_mode(), autocast:
                 model(images)
 
+    # The probe starts before the warm-up: allocators keep freed memory, so activation memory first
+    # allocated during warm-up would not show as growth in the timed runs.
+    probe = _MemoryProbe(device)
+    probe.start()
     for _ in range(warmup):
         step()
     _sync(device)
-    probe = _MemoryProbe(device)
-    probe.start()
     times = []
     for _ in range(runs):
         _sync(device)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import io
 import math
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -398,10 +398,10 @@ def check_corruption(name: str, severity: int) -> None:
         raise ConfigError(f"corruption severity must be one of 1..5, got {severity!r}")
 
 
-def corrupt(image: np.ndarray, name: str, severity: int = 3, seed: int = 0) -> np.ndarray:
-    """Apply corruption `name` at `severity` (1-5) to an RGB uint8 image HxWx3; deterministic for `seed`.
-
-    Returns a new uint8 array of the same shape.
+def corrupt(image: np.ndarray, name: str, severity: int = 3, seed: int | Sequence[int] = 0) -> np.ndarray:
+    """Apply corruption `name` at `severity` (1-5) to an RGB uint8 image HxWx3; deterministic for `seed`
+    (an int or a sequence of ints, as numpy.random.default_rng takes). Returns a new uint8 array of the same
+    shape; the input is not modified.
     """
     check_corruption(name, severity)
     image = np.asarray(image)
