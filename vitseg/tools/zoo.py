@@ -175,10 +175,12 @@ def format_table(table: list[Row]) -> str:
 
 
 NOTE = """Measured with `torch.utils.flop_counter` on the inference graph (training-only modules stripped), batch 1,
-at the input size and class count the paper's figures refer to. GFLOPs count 2 per multiply-accumulate;
-GMACs = GFLOPs / 2 is what most segmentation papers print as "FLOPs", so the FLOPs ratio is GMACs / paper.
-Matmuls, convolutions and attention are counted; norms, softmax and interpolation count 0. mIoU is the
-paper's single-scale figure, not re-measured. Regenerate with `vitseg zoo --update --markdown docs/model_zoo.md`."""
+at the input size and class count the paper's figures refer to, counting the graph as the paper wrote it.
+GFLOPs count 2 per multiply-accumulate; GMACs = GFLOPs / 2 is what most segmentation papers print as "FLOPs",
+so the FLOPs ratio is GMACs / paper. Matmuls, convolutions and attention are counted; norms, activations,
+softmax and interpolation count 0, whereas mmcv's counter (behind most paper tables) adds norms, biases and
+activations, so ratios a little below 1 are expected. mIoU is the paper's single-scale figure, not
+re-measured. Regenerate with `vitseg zoo --update --markdown docs/model_zoo.md`."""
 
 
 def format_markdown(table: list[Row]) -> str:
