@@ -328,3 +328,12 @@ def test_build_dataset_types_and_errors(tmp_path):
         build_dataset("ade20k", None, "train")
     with pytest.raises(ConfigError, match="crop_size"):
         build_dataset("folder", tmp_path, "train", crop_size=3)
+
+
+def test_build_dataset_reduce_zero_label_of_public_layouts(tmp_path):
+    root = tmp_path / "ADEChallengeData2016"
+    save_image(root / "images" / "training" / "a.jpg")
+    save_label(root / "annotations" / "training" / "a.png", label_with([0, 1]))
+    assert build_dataset("ade20k", root, "train", reduce_zero_label=True).reduce_zero_label
+    with pytest.raises(ConfigError, match="reduce_zero_label=True"):
+        build_dataset("ade20k", root, "train", reduce_zero_label=False)

@@ -1,6 +1,5 @@
 """Training/test pipelines: shapes, dtypes, label handling, crop rule, determinism."""
 import numpy as np
-import pytest
 import torch
 
 from vitseg.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, TestPipeline, TrainPipeline, hsv_to_rgb,

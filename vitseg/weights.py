@@ -44,8 +44,9 @@ class Converted:
 
 
 def _unwrap(obj, path: str) -> dict[str, torch.Tensor]:
-    """Find the state dict inside common checkpoint wrappers (mmseg 'state_dict', 'model', DDP 'module.')."""
-    for key in ("state_dict", "model", "module"):
+    """Find the state dict inside common checkpoint wrappers (mmseg 'state_dict', timm/CSWin 'state_dict_ema',
+    'model', DDP 'module.'), in the priority order of the official CSWin/BEiT segmentation loaders."""
+    for key in ("state_dict", "state_dict_ema", "model", "module"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]
             break

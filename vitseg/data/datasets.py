@@ -641,6 +641,12 @@ DATASET_TYPES: Dict[str, Callable[..., SegDataset]] = {
 }
 
 
+# Public layouts fix reduce_zero_label by their label convention; a config may restate it but not flip it.
+LAYOUT_REDUCE_ZERO_LABEL = {"ade20k": True, "cityscapes": False, "voc": False, "voc_aug": False,
+                            "pascal_context": False, "pascal_context_59": True, "coco_stuff164k": False,
+                            "coco_stuff10k": True}
+
+
 def build_dataset(type: str, root: Optional[PathLike], split: str, pipeline: Optional[Pipeline] = None,
                   **kwargs) -> SegDataset:
     """Build a dataset by type name (see DATASET_TYPES); `root` is ignored for "synthetic".
@@ -651,6 +657,11 @@ def build_dataset(type: str, root: Optional[PathLike], split: str, pipeline: Opt
         raise ConfigError(f"unknown dataset type '{type}'. Known: {', '.join(DATASET_TYPES)}")
     if type == "pascal_context_59":
         kwargs.setdefault("num_classes", 59)
+    if type in LAYOUT_REDUCE_ZERO_LABEL and "reduce_zero_label" in kwargs:
+        fixed = LAYOUT_REDUCE_ZERO_LABEL[type] or (type == "pascal_context" and kwargs.get("num_classes") == 59)
+        if bool(kwargs.pop("reduce_zero_label")) != fixed:
+            raise ConfigError(f"dataset type '{type}' always uses reduce_zero_label={fixed} (its label convention); "
+                              "remove the reduce_zero_label setting")
     if type != "synthetic":
         if root is None or str(root) == "":
             raise ConfigError(f"dataset type '{type}' needs a root folder (data.root)")

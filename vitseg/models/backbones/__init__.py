@@ -1,2 +1,2 @@
 """Encoders. Importing this package registers every backbone."""
-from . import mit  # noqa: F401
+from . import beit, cswin, mit, resnetv2, vit  # noqa: F401
