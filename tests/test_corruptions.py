@@ -159,14 +159,14 @@ def test_cli_robustness_on_folder_dataset(tmp_path, capsys):
     ckpt = tmp_path / "m.safetensors"
     save_weights(create_model("segformer_b0", num_classes=2), ckpt)
     out = tmp_path / "rob"
-    code = main(["robustness", str(ckpt), "--data-root", str(root), "--corruptions", "noise", "fog",
-                 "--severities", "1", "3", "--out", str(out)])
+    code = main(["robustness", str(ckpt), "--data-root", str(root), "--corruptions", "noise",
+                 "--severities", "3", "--out", str(out)])
     assert code == 0
     text = capsys.readouterr().out
-    assert "gaussian_noise" in text and "speckle_noise" in text and "fog" in text and "noise" in text
+    assert "gaussian_noise" in text and "speckle_noise" in text and "(average)" in text
     result = json.loads((out / "robustness.json").read_text())
-    assert set(result["corruptions"]) == {"gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise", "fog"}
-    assert set(result["groups"]) == {"noise"} and result["severities"] == [1, 3]
-    assert (out / "robustness.csv").read_text().count("\n") == 2 + 5 * 3
+    assert set(result["corruptions"]) == {"gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise"}
+    assert set(result["groups"]) == {"noise"} and result["severities"] == [3]
+    assert (out / "robustness.csv").read_text().count("\n") == 2 + 4 * 2
     assert main(["robustness", str(ckpt), "--data-root", str(root), "--corruptions", "rain"]) == 2
     assert main(["robustness", str(tmp_path / "none.safetensors"), "--data-root", str(root)]) == 4
