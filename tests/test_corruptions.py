@@ -170,3 +170,12 @@ def test_cli_robustness_on_folder_dataset(tmp_path, capsys):
     assert (out / "robustness.csv").read_text().count("\n") == 2 + 4 * 2
     assert main(["robustness", str(ckpt), "--data-root", str(root), "--corruptions", "rain"]) == 2
     assert main(["robustness", str(tmp_path / "none.safetensors"), "--data-root", str(root)]) == 4
+
+
+def test_fft_filter_equals_direct_correlation():
+    from vitseg.tools.corruptions import _filter2d
+    rng = np.random.default_rng(0)
+    x, k = rng.random((20, 23, 3)), rng.random((5, 7))
+    padded = np.pad(x, ((2, 2), (3, 3), (0, 0)), mode="reflect")
+    direct = sum(k[i, j] * padded[i:i + 20, j:j + 23] for i in range(5) for j in range(7))
+    assert np.allclose(_filter2d(x, k), direct, atol=1e-10)
