@@ -14,6 +14,7 @@ COMMAND_MODULES = [
     "vitseg.commands.models",
     "vitseg.tools.cli",
     "vitseg.engine.predict_cli",
+    "vitseg.engine.cli",
     "vitseg.data.cli",
 ]
 

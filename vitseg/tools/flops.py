@@ -10,7 +10,16 @@ import copy
 from dataclasses import dataclass
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+
+def _cpu_sdpa_flop(query, key, value, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop_count(query, key, value)
+
+
+# torch counts the CUDA / meta attention kernels but not the CPU one that F.scaled_dot_product_attention
+# dispatches to here: without this, every attention matmul of a CPU count would be missing.
+_EXTRA_FORMULAS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flop}
 
 
 @dataclass
@@ -47,6 +56,6 @@ def measure(model: torch.nn.Module, size: tuple[int, int] = (512, 512), batch: i
             if hasattr(m, "fused"):
                 m.fused = False
     x = torch.zeros(batch, 3, *size)
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False, custom_mapping=_EXTRA_FORMULAS) as counter:
         model(x)
     return Complexity(count_params(model), counter.get_total_flops(), tuple(size))

@@ -1,3 +1,4 @@
 """Segmentation models (decoder + the encoder they sit on). Importing registers every model."""
 from . import segformer  # noqa: F401
 from . import linear  # noqa: F401
+from . import segvit  # noqa: F401
