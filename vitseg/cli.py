@@ -12,6 +12,7 @@ from .errors import VitsegError
 # Modules that define `add_parser(subparsers)`; each adds one or more subcommands with `set_defaults(func=...)`.
 COMMAND_MODULES = [
     "vitseg.commands.models",
+    "vitseg.tools.cli",
     "vitseg.engine.predict_cli",
     "vitseg.engine.cli",
     "vitseg.data.cli",
