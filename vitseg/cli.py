@@ -11,11 +11,11 @@ from .errors import VitsegError
 
 # Modules that define `add_parser(subparsers)`; each adds one or more subcommands with `set_defaults(func=...)`.
 COMMAND_MODULES = [
-    "vitseg.commands.models",
-    "vitseg.tools.cli",
-    "vitseg.engine.predict_cli",
-    "vitseg.engine.cli",
-    "vitseg.data.cli",
+    "vitseg.engine.cli",          # train, eval, config, demo
+    "vitseg.engine.predict_cli",  # predict
+    "vitseg.data.cli",            # data check
+    "vitseg.commands.models",     # list, flops, convert
+    "vitseg.tools.cli",           # zoo, export, robustness, bench
 ]
 
 
