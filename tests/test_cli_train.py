@@ -60,6 +60,17 @@ def test_eval_with_config_and_from_checkpoint_alone(run, tmp_path, capsys):
     assert main(["eval", str(path), str(work / "checkpoints" / "step_0000003.pt"), "--out", str(tmp_path / "r3.json")]) == 0
 
 
+def test_eval_visualize_writes_panels_and_plots(run, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    path, work = run
+    vis = tmp_path / "vis"
+    assert main(["eval", str(path), "--out", str(tmp_path / "r.json"), "--visualize", "2",
+                 "--show-dir", str(vis)]) == 0
+    assert len(list(vis.glob("*_panel.png"))) == 2
+    assert (vis / "confusion.png").stat().st_size > 0 and (vis / "per_class_iou.png").stat().st_size > 0
+    assert "visualisations" in capsys.readouterr().out
+
+
 def test_eval_class_count_mismatch_exit_code(run, capsys):
     path, work = run
     code = main(["eval", str(path), str(work / "checkpoints" / "best.safetensors"), "--set", "model.num_classes=5"])

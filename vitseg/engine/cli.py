@@ -71,6 +71,10 @@ def add_parser(sub) -> None:
     p.add_argument("--tta", action="store_true", help=f"multi-scale + flip preset: scales {TTA_SCALES}, --flip")
     p.add_argument("--out", default=None, help="results JSON path (default: <work_dir>/eval/results.json)")
     p.add_argument("--show-dir", default=None, help="also write coloured predictions/overlays here")
+    p.add_argument("--visualize", type=int, default=0, metavar="N",
+                   help="write image | ground truth | prediction panels for the first N images, a confusion-"
+                   "matrix plot and a per-class IoU plot (to --show-dir, default <work_dir>/eval/vis; "
+                   "plots need matplotlib: pip install vitseg[viz])")
     p.add_argument("--device", default=None, help="cpu, cuda or auto")
     p.add_argument("--workers", type=int, default=None, help="data loader processes")
     _add_set(p)
@@ -207,7 +211,8 @@ def cmd_eval(args) -> int:
                             **_dataset_kwargs(cfg))
     model.to(info.device).eval()
     with torch.inference_mode():
-        metrics = evaluate_model(model, dataset, cfg, info, progress=True)
+        metrics = evaluate_model(model, dataset, cfg, info, progress=True,
+                                 return_confusion=bool(args.visualize))
     if info.is_main:
         names = getattr(dataset, "classes", None) or getattr(model, "class_names", None)
         print(format_table(metrics, names))
@@ -215,8 +220,16 @@ def cmd_eval(args) -> int:
         written = save_metrics(metrics, out, names)
         print(f"mIoU {metrics['mIoU']:.2f}  aAcc {metrics['aAcc']:.2f}  mAcc {metrics['mAcc']:.2f}  "
               f"({metrics.get('num_images', len(dataset))} images, {split} split) -> {written}")
-        if args.show_dir:
+        if args.show_dir and not args.visualize:
             _draw_predictions(model, dataset, cfg, Path(args.show_dir), len(dataset), info.device)
+        if args.visualize:
+            from ..tools import visualize
+            vis_dir = Path(args.show_dir) if args.show_dir else Path(cfg.work_dir) / "eval" / "vis"
+            names = list(names or [str(i) for i in range(cfg.model.num_classes)])
+            files = _draw_predictions(model, dataset, cfg, vis_dir, args.visualize, info.device)
+            files.append(visualize.plot_confusion(metrics["confusion"], names, vis_dir / "confusion.png"))
+            files.append(visualize.plot_per_class_iou(metrics, names, vis_dir / "per_class_iou.png"))
+            print(f"visualisations: {vis_dir} ({len(files)} files)")
     return 0
 
 

@@ -256,7 +256,8 @@ def _loader(dataset, batches: list[list[int]], workers: int, device: torch.devic
                       generator=torch.Generator().manual_seed(seed), persistent_workers=False)
 
 
-def evaluate_model(model: nn.Module, dataset, cfg: Config, info: DistInfo, progress: bool = False) -> dict:
+def evaluate_model(model: nn.Module, dataset, cfg: Config, info: DistInfo, progress: bool = False,
+                   return_confusion: bool = False) -> dict:
     """Score `model` on this rank's unpadded shard; the confusion matrix is summed over ranks."""
     from .evaluate import evaluate
     shard = Subset(dataset, list(range(info.rank, len(dataset), info.world_size))) if info.enabled else dataset
@@ -268,7 +269,8 @@ def evaluate_model(model: nn.Module, dataset, cfg: Config, info: DistInfo, progr
     try:
         return evaluate(model, loader, mode=e.mode, crop=e.crop, stride=e.stride, scales=tuple(e.scales),
                         flip=e.flip, device=info.device, num_classes=cfg.model.num_classes,
-                        class_names=getattr(dataset, "classes", None), progress=progress and info.is_main)
+                        class_names=getattr(dataset, "classes", None), progress=progress and info.is_main,
+                        return_confusion=return_confusion)
     finally:
         model.train(was_training)
 
