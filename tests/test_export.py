@@ -43,6 +43,13 @@ def test_family_exports_and_matches(name, tmp_path):
     assert results[1]["onnx_shape"][0] == 2 and results[1]["onnx_shape"][2:] != results[0]["onnx_shape"][2:]
 
 
+def test_dynamic_export_traced_at_the_native_grid(tmp_path):
+    """Traced at the size the position table was stored for, the graph must still resize it for other sizes."""
+    model = create_model("linear_vit_ti16", num_classes=3, img_size=64)
+    path = export_onnx(model, tmp_path / "native.onnx", size=(64, 64))
+    assert all(r["ok"] for r in verify_onnx(model, path, [(64, 64), (64, 96)]))
+
+
 def test_static_export_rejects_other_sizes(tmp_path):
     model = create_model("segformer_b0", num_classes=2)
     path = export_onnx(model, tmp_path / "static.onnx", size=(64, 64), dynamic=False)

@@ -16,7 +16,9 @@ def resample_abs_pos_embed(pos: torch.Tensor, new_size: tuple[int, int], old_siz
         if side * side != n:
             raise ValueError(f"cannot infer the grid of a position table with {n} tokens; pass old_size")
         old_size = (side, side)
-    if tuple(old_size) == tuple(new_size):
+    # While tracing for export, always take the resize path (an identity at the same size) so that the
+    # exported graph stays correct for other input sizes.
+    if tuple(old_size) == tuple(new_size) and not torch.jit.is_tracing():
         return pos
     grid = grid.reshape(1, old_size[0], old_size[1], c).permute(0, 3, 1, 2).float()
     grid = F.interpolate(grid, size=tuple(new_size), mode=mode, align_corners=False)

@@ -201,8 +201,6 @@ class VisionTransformer(nn.Module):
 
     def position_embedding(self, hw: tuple[int, int]) -> torch.Tensor:
         """The position table for a grid (h, w), resampled from the stored grid when they differ."""
-        if tuple(hw) == self.grid_size:
-            return self.pos_embed
         return resample_abs_pos_embed(self.pos_embed, tuple(hw), self.grid_size, self.num_prefix_tokens,
                                       mode=self.pos_resize_mode)
 

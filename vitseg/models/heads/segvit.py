@@ -234,9 +234,7 @@ class ShrunkHead(nn.Module):
     def queries(self, batch: int, hw: tuple[int, int]) -> torch.Tensor:
         """The up-sampling queries for a 1/16 grid `hw`. The paper trains at one crop size (queries =
         (crop/16)²); other grids get the table resized bicubically, like a position embedding."""
-        q = self.q.weight.unsqueeze(0)
-        if tuple(hw) != self.grid:
-            q = resample_abs_pos_embed(q, hw, old_size=self.grid)
+        q = resample_abs_pos_embed(self.q.weight.unsqueeze(0), hw, old_size=self.grid)
         return q.repeat(batch, 1, 1)  # a copy, not a view: autograd hooks need one
 
     def forward(self, feats: list[torch.Tensor], hw: tuple[int, int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
