@@ -1,7 +1,6 @@
 """`vitseg list`, `vitseg flops`, `vitseg convert`."""
 from __future__ import annotations
 
-import argparse
 
 from ..errors import CheckpointError, ConfigError
 

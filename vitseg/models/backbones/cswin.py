@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import ConfigError
-from ...layers import DropPath, Mlp, map_to_tokens, tokens_to_map, trunc_normal_
+from ...layers import DropPath, Mlp, map_to_tokens, tokens_to_map, init_linear_norm
 from ..registry import PaperInfo, register_backbone
 
 CSWIN_SETTINGS = {  # stem width, depths, heads, seg drop-path (official configs)
@@ -137,17 +137,7 @@ class CSWin(nn.Module):
                 for j in range(depths[s])))
             setattr(self, f"norm{s + 1}", nn.LayerNorm(self.dims[s], eps=norm_eps))
             start += depths[s]
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        """Official init: Linear trunc-normal(0.02) with zero bias, LN (1, 0), convs PyTorch default."""
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                trunc_normal_(m.weight, std=0.02)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        self.apply(init_linear_norm)  # official init; convs keep PyTorch's default
 
     def forward_with_blocks(self, images: torch.Tensor, block_indices=()
                             ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:

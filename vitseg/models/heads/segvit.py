@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import ConfigError
-from ...layers import resample_abs_pos_embed, resize, trunc_normal_
+from ...layers import init_linear_norm, resample_abs_pos_embed, resize
 from ..backbones import vit as vit_family
 from ..registry import PaperInfo, create_backbone, register_model
 from ..segmentor import Segmentor, check_labels
@@ -139,16 +139,6 @@ class Decoder(nn.Module):
         return x, sims
 
 
-def _head_init(module: nn.Module) -> None:
-    """Official ATMHead.init_weights: Linear trunc-normal(0.02) / bias 0, LayerNorm (1, 0)."""
-    for m in module.modules():
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=0.02)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-
 
 def _to_grid(sim: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
     """[B, N, h*w] mask logits -> [B, N, h, w]."""
@@ -176,7 +166,7 @@ class ATMHead(nn.Module):
             setattr(self, f"decoder_{s}", Decoder(layers_per_stage, dim, num_heads, atm=True))
         self.q = nn.Embedding(num_classes, dim)
         self.class_embed = nn.Linear(dim, num_classes + 1)  # last index = "no object"
-        _head_init(self)
+        self.apply(init_linear_norm)  # official ATMHead.init_weights
         nn.init.normal_(self.q.weight)  # nn.Embedding default, untouched by the official init
 
     def forward(self, feats: list[torch.Tensor], hws: list[tuple[int, int]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -227,7 +217,7 @@ class ShrunkHead(nn.Module):
             setattr(self, f"decoder_{s}", Decoder(layers_per_stage, dim, num_heads, atm=False))
         self.q = nn.Embedding(self.grid[0] * self.grid[1], dim)
         self.atm = SingleATMHead(num_classes, dim, num_heads, atm_layers)
-        _head_init(self)
+        self.apply(init_linear_norm)  # official ATMHead.init_weights
         nn.init.normal_(self.q.weight)
         nn.init.normal_(self.atm.q.weight)
 
