@@ -6,10 +6,13 @@ from ..errors import CheckpointError, ConfigError
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("list", help="list registered models and backbones",
-                       description="List every registered model (and with --backbones, every encoder).")
+    p = sub.add_parser("list", help="list registered models, backbones and dataset types",
+                       description="List every registered model (with --backbones every encoder, with --datasets "
+                       "every dataset type that data.type accepts).")
     p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'segformer_*'")
-    p.add_argument("--backbones", action="store_true", help="list encoders instead of segmentation models")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--backbones", action="store_true", help="list encoders instead of segmentation models")
+    what.add_argument("--datasets", action="store_true", help="list dataset types (the values data.type accepts) and their layouts")
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("flops", help="parameters, MACs and FLOPs of a model, beside the paper's figures",
@@ -38,6 +41,8 @@ def add_parser(sub) -> None:
 
 def cmd_list(args) -> int:
     from ..models.registry import list_models, model_info
+    if args.datasets:
+        return _list_datasets(args.pattern)
     kind = "backbone" if args.backbones else "model"
     names = list_models(args.pattern, kind=kind)
     if not names:
@@ -50,6 +55,20 @@ def cmd_list(args) -> int:
             if paper.gflops:
                 extra += f", {paper.gflops:g} GFLOPs @ {paper.input_size[0]}x{paper.input_size[1]}"
         print(f"{name:28s}{extra}")
+    return 0
+
+
+def _list_datasets(pattern: str) -> int:
+    import fnmatch
+
+    from ..data import DATASET_TYPES
+    names = [n for n in DATASET_TYPES if fnmatch.fnmatch(n, pattern)]
+    if not names:
+        raise ConfigError(f"no dataset type matches '{pattern}'")
+    for name in names:
+        cls = DATASET_TYPES[name]
+        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        print(f"{name:20s}{doc}")
     return 0
 
 
