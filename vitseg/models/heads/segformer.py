@@ -12,6 +12,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 from ...layers import ConvBNReLU, resize
 from ..backbones.mit import MixTransformer, map_as_tokens, mit, tokens_as_map
@@ -62,6 +63,15 @@ def bilinear_resize_matrix(sizes: list[tuple[int, int]], size: tuple[int, int], 
         warnings.simplefilter("ignore", UserWarning)
         m = torch.sparse_coo_tensor(index, vals.repeat(batch), (batch * big_h * big_w, batch * offset))
         return m.coalesce().float().to_sparse_csr()
+
+
+def _sparse_ok(x: torch.Tensor) -> bool:
+    """The sparse resize-and-sum runs in plain eager fp32/fp64 only. Compilers and exporters (torch.compile,
+    torch.export, the TorchScript ONNX exporter) get F.interpolate, which they know and fuse; dispatch modes
+    such as the FLOP counter get it too, so counts stay those of the dense graph (interpolation = 0 FLOPs)."""
+    return (x.dtype in (torch.float32, torch.float64) and not torch.compiler.is_compiling()
+            and not torch.jit.is_tracing() and not torch.jit.is_scripting()
+            and not is_in_torch_dispatch_mode())
 
 
 def _csr32(m: torch.Tensor) -> torch.Tensor:
@@ -156,10 +166,10 @@ class SegFormerHead(nn.Module):
         Bilinear resizing is a fixed sparse matrix (≤ 4 weights per output pixel), so the resizes of all
         coarse stages and their sum are one sparse × dense product: a single pass over the full-resolution
         map instead of one resize and one add per stage. Under torch.compile, or for dtypes the sparse
-        kernels lack, the same sum is taken with F.interpolate (which the compiler fuses itself).
+        kernels lack, the same sum is taken with F.interpolate (see `_sparse_ok`).
         """
         b, d = x.shape[0], x.shape[2]
-        if x.dtype in (torch.float32, torch.float64) and not torch.compiler.is_compiling():
+        if _sparse_ok(x):
             key = (b, tuple(sizes), size, x.dtype, x.device)
             mats = self._resize_matrices.get(key)
             if mats is None:
