@@ -71,7 +71,7 @@ def _ensure_loaded():
 
 
 def get_entry(name: str, kind: str | None = None) -> Entry:
-    _ENTRIES or _ensure_loaded()
+    _ensure_loaded()  # always: importing one family directly must not hide the others
     entry = _ENTRIES.get(name)
     if entry is None or (kind and entry.kind != kind):
         names = [n for n, e in _ENTRIES.items() if kind is None or e.kind == kind]
@@ -82,7 +82,7 @@ def get_entry(name: str, kind: str | None = None) -> Entry:
 
 
 def list_models(pattern: str = "*", kind: str = "model") -> list[str]:
-    _ENTRIES or _ensure_loaded()
+    _ensure_loaded()  # always: importing one family directly must not hide the others
     return sorted(n for n, e in _ENTRIES.items() if e.kind == kind and fnmatch.fnmatch(n, pattern))
 
 
