@@ -103,52 +103,23 @@ def vit_linear_pair(device: torch.device, seed: int = 0) -> Pair:
                     attention_probs_dropout_prob=0.0)
     hf = ViTModel(cfg, add_pooling_layer=False)
     ours = vitseg.create_model("linear_vit_b16", num_classes=NUM_CLASSES, img_size=size, drop_path_rate=0.0,
-                               pretrained={"vit." + k: v for k, v in hf.state_dict().items()})
+                               pretrained=hf.state_dict())
     head = type(ours.decode_head)(cfg.hidden_size, NUM_CLASSES)
     head.load_state_dict(ours.decode_head.state_dict())
     ref = _HFViTLinear(hf, head, (size // 16, size // 16))
     ref, ours = ref.to(device), ours.to(device)
-    hf_to_ours = _vit_grad_names(ref, ours)
 
     def ref_grads():
-        grads = {}
-        for k, p in ref.named_parameters():
-            if p.grad is None:
-                continue
-            name, part = hf_to_ours[k]
-            if part is None:
-                grads[name] = p.grad
-            else:  # q/k/v of one block stack into our fused qkv
-                grads.setdefault(name, [None, None, None])[part] = p.grad
-        return {k: torch.cat(v) if isinstance(v, list) else v for k, v in grads.items()}
+        from vitseg.models.backbones.vit import convert_to_internal
+        grads = {k: p.grad for k, p in ref.named_parameters() if p.grad is not None}
+        body, _ = convert_to_internal({k[len("vit."):]: g for k, g in grads.items() if k.startswith("vit.")})
+        out = {"backbone." + k: g for k, g in body.items()}
+        out.update({k: g for k, g in grads.items() if k.startswith("decode_head.")})
+        return out
 
     return Pair("linear_vit_b16", ours, ref, ours_logits=ours, ref_logits=ref,
                 ours_loss=lambda x, y: ours.loss(x, y)["loss"],
                 ref_loss=lambda x, y: cross_entropy(ref(x), y, 255), ref_grads_as_ours=ref_grads)
-
-
-def _vit_grad_names(ref: nn.Module, ours: nn.Module) -> dict[str, tuple[str, int | None]]:
-    """HF ViT parameter name -> (our name, q/k/v slot or None), found by matching tensor values (the two
-    models hold the same weights, so each HF tensor equals exactly one of ours or one third of a qkv)."""
-    ours_params = dict(ours.named_parameters())
-    out = {}
-    for k, p in ref.named_parameters():
-        match = None
-        for name, q in ours_params.items():
-            if q.shape == p.shape and torch.equal(q, p):
-                match = (name, None)
-                break
-            if q.ndim == p.ndim and q.shape[0] == 3 * p.shape[0] and q.shape[1:] == p.shape[1:]:
-                for slot, chunk in enumerate(q.chunk(3)):
-                    if torch.equal(chunk, p):
-                        match = (name, slot)
-                        break
-                if match:
-                    break
-        if match is None:
-            raise RuntimeError(f"no parameter of ours equals HF ViT's {k}")
-        out[k] = match
-    return out
 
 
 def make_pair(name: str, device: torch.device) -> Pair:

@@ -56,8 +56,11 @@ def check_logits(ours: torch.Tensor, ref: torch.Tensor, bf16: bool) -> tuple[str
 def check_training(pair: Pair, x: torch.Tensor, y: torch.Tensor) -> tuple[str, bool]:
     """Loss and every gradient of one training step, ours against the reference's (same weights, no dropout).
 
-    Gradients agree to fp32 rounding when, per tensor, max|g_ours - g_ref| ≤ 1e-3·max|g_ref| + 1e-7 (fp32
-    sums over up to 8·10^5 pixels per batch reorder freely; anything structural would be off by O(1)).
+    Gradients agree to fp32 rounding when, per tensor, ||g_ours - g_ref|| ≤ 1e-2·max(||g_ref||, 1e-3·G) with G
+    the largest gradient norm (the decoder's projection biases have an exactly-zero true gradient under train-
+    mode BatchNorm). A norm, not a max: at 512² a few ReLU inputs sit within 1e-7 of zero, and fp32 rounding
+    in the features flips them; measured against float64, a 1e-6 relative perturbation of the features moves
+    single gradient entries by up to 1e-1 while a 1e-7 one moves them by 1e-8.
     """
     pair.ours.train()
     pair.ref.train()
@@ -70,18 +73,19 @@ def check_training(pair: Pair, x: torch.Tensor, y: torch.Tensor) -> tuple[str, b
     ref_grads = pair.ref_grads_as_ours()
     ours_grads = {k: p.grad for k, p in pair.ours.named_parameters() if p.grad is not None}
     worst, worst_name, ok = 0.0, "", set(ours_grads) == set(ref_grads)
+    scale = 1e-3 * max(r.norm().item() for r in ref_grads.values())
     for k, g in ours_grads.items():
         r = ref_grads.get(k)
         if r is None or r.shape != g.shape:
             ok = False
             continue
-        rel = (g - r).abs().max().item() / (r.abs().max().item() + 1e-7 / 1e-3)
+        rel = (g - r).norm().item() / max(r.norm().item(), scale)
         if rel > worst:
             worst, worst_name = rel, k
     loss_err = abs(lo.item() - lr.item()) / abs(lr.item())
-    ok = ok and loss_err <= 1e-5 and worst <= 1e-3
+    ok = ok and loss_err <= 1e-5 and worst <= 1e-2
     msg = (f"loss {lo.item():.6f} vs {lr.item():.6f} (rel {loss_err:.1e}); {len(ours_grads)} grads, "
-           f"worst rel max-abs {worst:.1e} ({worst_name})")
+           f"worst relative L2 error {worst:.1e} ({worst_name})")
     pair.ours.zero_grad(set_to_none=True)
     pair.ref.zero_grad(set_to_none=True)
     return msg, ok
