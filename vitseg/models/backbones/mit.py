@@ -6,6 +6,10 @@ official files load without renames; HF transformers layouts are converted in he
 
 LayerNorm eps is per site: the official code uses 1e-6 in blocks and stage-end norms and PyTorch's 1e-5 in
 the patch-embedding and spatial-reduction norms; HF uses 1e-5 everywhere. `norm_eps` sets the former.
+
+Layout: tokens [B, N, C] and channels-last maps [B, C, H, W] (strides of [B, H, W, C]) are the same memory,
+so every sequence <-> map switch here is a free view (`tokens_as_map`, `map_as_tokens`) and the convolutions run on
+channels-last input. The stage outputs are channels-last maps.
 """
 from __future__ import annotations
 
@@ -27,6 +31,16 @@ MIT_SETTINGS = {
 }
 
 
+def tokens_as_map(x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """[B, N, C] tokens -> [B, C, H, W] channels-last map, without a copy."""
+    return x.view(x.shape[0], hw[0], hw[1], x.shape[2]).permute(0, 3, 1, 2)
+
+
+def map_as_tokens(x: torch.Tensor) -> torch.Tensor:
+    """[B, C, H, W] map -> [B, N, C] tokens; free for a channels-last map (a copy otherwise)."""
+    return x.permute(0, 2, 3, 1).reshape(x.shape[0], -1, x.shape[1])
+
+
 class OverlapPatchEmbed(nn.Module):
     """Strided conv with overlapping windows (kernel > stride), then LayerNorm on the tokens."""
 
@@ -36,9 +50,8 @@ class OverlapPatchEmbed(nn.Module):
         self.norm = nn.LayerNorm(cout, eps=eps)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        x = self.proj(x)
-        hw = (x.shape[2], x.shape[3])
-        return self.norm(x.flatten(2).transpose(1, 2)), hw
+        x = self.proj(x.contiguous(memory_format=torch.channels_last))
+        return self.norm(map_as_tokens(x)), (x.shape[2], x.shape[3])
 
 
 class EfficientAttention(nn.Module):
@@ -60,8 +73,7 @@ class EfficientAttention(nn.Module):
         h, d = self.heads, c // self.heads
         q = self.q(x).view(b, n, h, d).transpose(1, 2)
         if self.sr_ratio > 1:
-            x = self.sr(x.transpose(1, 2).reshape(b, c, hw[0], hw[1])).flatten(2).transpose(1, 2)
-            x = self.norm(x)
+            x = self.norm(map_as_tokens(self.sr(tokens_as_map(x, hw))))
         k, v = self.kv(x).view(b, -1, 2, h, d).permute(2, 0, 3, 1, 4)
         out = F.scaled_dot_product_attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(b, n, c))
@@ -75,9 +87,7 @@ class DWConv(nn.Module):
         self.dwconv = nn.Conv2d(dim, dim, 3, 1, 1, groups=dim)
 
     def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-        b, n, c = x.shape
-        x = self.dwconv(x.transpose(1, 2).reshape(b, c, hw[0], hw[1]))
-        return x.flatten(2).transpose(1, 2)
+        return map_as_tokens(self.dwconv(tokens_as_map(x, hw)))
 
 
 class MixFFN(nn.Module):
@@ -138,8 +148,7 @@ class MixTransformer(nn.Module):
             x, hw = getattr(self, f"patch_embed{s + 1}")(x)
             for blk in getattr(self, f"block{s + 1}"):
                 x = blk(x, hw)
-            x = getattr(self, f"norm{s + 1}")(x)
-            x = x.transpose(1, 2).reshape(x.shape[0], -1, hw[0], hw[1])
+            x = tokens_as_map(getattr(self, f"norm{s + 1}")(x), hw)
             if s in self.out_indices:
                 outs.append(x)
         return outs

@@ -7,13 +7,15 @@ converters for the HF transformers layouts (hub files and the v5 in-memory names
 from __future__ import annotations
 
 import re
+import warnings
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 from ...layers import ConvBNReLU, resize
-from ..backbones.mit import MixTransformer, mit
+from ..backbones.mit import MixTransformer, map_as_tokens, mit, tokens_as_map
 from ..registry import PaperInfo, register_model
 from ..segmentor import Segmentor
 
@@ -24,6 +26,74 @@ class MLPProjection(nn.Module):
     def __init__(self, cin: int, dim: int):
         super().__init__()
         self.proj = nn.Linear(cin, dim)
+
+
+def _bilinear_axis(n_in: int, n_out: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Source indices and weights of F.interpolate(mode="bilinear", align_corners=False, size=...) on one axis."""
+    src = ((torch.arange(n_out, dtype=torch.float64) + 0.5) * (n_in / n_out) - 0.5).clamp(min=0)
+    i0 = src.floor().long().clamp(max=n_in - 1)
+    w1 = src - i0
+    return i0, (i0 + 1).clamp(max=n_in - 1), 1 - w1, w1
+
+
+def bilinear_resize_matrix(sizes: list[tuple[int, int]], size: tuple[int, int], batch: int = 1) -> torch.Tensor:
+    """Sparse CSR matrix M with M @ cat_k(tokens_k) = Σ_k bilinear_resize(map_k, size), as tokens.
+
+    tokens_k are [B, h_k*w_k, D] row-major maps stacked over k then over the batch (block-diagonal in B),
+    so M has shape [B*H*W, B*Σ h_k*w_k] and at most 4 non-zeros per row and stage.
+    """
+    big_h, big_w = size
+    rows, cols, vals = [], [], []
+    pixel, offset = torch.arange(big_h * big_w), 0
+    for h, w in sizes:
+        y0, y1, wy0, wy1 = _bilinear_axis(h, big_h)
+        x0, x1, wx0, wx1 = _bilinear_axis(w, big_w)
+        for ys, wy in ((y0, wy0), (y1, wy1)):
+            for xs, wx in ((x0, wx0), (x1, wx1)):
+                rows.append(pixel)
+                cols.append((offset + ys[:, None] * w + xs[None, :]).flatten())
+                vals.append((wy[:, None] * wx[None, :]).flatten())
+        offset += h * w
+    rows, cols, vals = torch.cat(rows), torch.cat(cols), torch.cat(vals)
+    keep = vals != 0
+    rows, cols, vals = rows[keep], cols[keep], vals[keep]
+    shift = torch.arange(batch)[:, None]
+    index = torch.stack([(rows + shift * big_h * big_w).flatten(), (cols + shift * offset).flatten()])
+    with warnings.catch_warnings():  # "sparse support is in beta" / "invariant checks disabled"
+        warnings.simplefilter("ignore", UserWarning)
+        m = torch.sparse_coo_tensor(index, vals.repeat(batch), (batch * big_h * big_w, batch * offset))
+        return m.coalesce().float().to_sparse_csr()
+
+
+def _sparse_ok(x: torch.Tensor) -> bool:
+    """The sparse resize-and-sum runs in plain eager fp32/fp64 only. Compilers and exporters (torch.compile,
+    torch.export, the TorchScript ONNX exporter) get F.interpolate, which they know and fuse; dispatch modes
+    such as the FLOP counter get it too, so counts stay those of the dense graph (interpolation = 0 FLOPs)."""
+    return (x.dtype in (torch.float32, torch.float64) and not torch.compiler.is_compiling()
+            and not torch.jit.is_tracing() and not torch.jit.is_scripting()
+            and not is_in_torch_dispatch_mode())
+
+
+def _csr32(m: torch.Tensor) -> torch.Tensor:
+    """CSR with int32 indices (what the MKL/cuSPARSE kernels take; int64 would be converted on every call)."""
+    m = m.to_sparse_csr()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(m.crow_indices().int(), m.col_indices().int(), m.values(), m.shape)
+
+
+class _SparseAddmm(torch.autograd.Function):
+    """x += m @ y in place, with the transposed matrix given up front (autograd would re-transpose per call)."""
+
+    @staticmethod
+    def forward(ctx, x, m, y, m_t):
+        ctx.m_t = m_t
+        ctx.mark_dirty(x)
+        return x.addmm_(m, y)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None, ctx.m_t @ grad if ctx.needs_input_grad[2] else None, None
 
 
 class SegFormerHead(nn.Module):
@@ -46,6 +116,7 @@ class SegFormerHead(nn.Module):
         self.linear_fuse = ConvBNReLU(len(self.in_channels) * dim, dim, 1, bias=False)
         self.dropout = nn.Dropout2d(dropout)
         self.linear_pred = nn.Conv2d(dim, num_classes, 1)
+        self._resize_matrices: dict = {}  # (batch, sizes, ...) -> sparse resize matrix; not state
 
     def stage_weights(self, fold_bn: bool) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor | None]:
         """Per-stage (weight [D, C_k], bias [D]) of fuse∘projection; with fold_bn also the BN affine."""
@@ -71,19 +142,45 @@ class SegFormerHead(nn.Module):
             return self.forward_literal(feats)
         fold_bn = not self.training
         ws, bs, shift = self.stage_weights(fold_bn)
-        size = feats[0].shape[-2:]
-        x = None
-        # Coarsest first, as the official concatenation order; summation order only affects rounding.
-        for k in reversed(range(len(feats))):
-            y = F.conv2d(feats[k], ws[k][:, :, None, None], bs[k])
-            y = resize(y, size)
-            x = y if x is None else x + y
-        if fold_bn:
-            x = x + shift[None, :, None, None]
-        else:
-            x = self.linear_fuse.bn(x)
-        x = self.dropout(F.relu(x))
-        return self.linear_pred(x)
+        if fold_bn:  # a constant commutes with bilinear upsampling: fold the BN shift into the finest stage
+            bs[0] = bs[0] + shift
+        b, size = feats[0].shape[0], feats[0].shape[-2:]
+        # Token-major (channels-last) throughout, so every product is a plain GEMM on contiguous channels.
+        x = F.linear(map_as_tokens(feats[0]), ws[0], bs[0])
+        coarse = [F.linear(map_as_tokens(feats[k]), ws[k], bs[k]) for k in range(1, len(feats))]
+        if coarse:
+            x = self._upsample_add(x, coarse, [tuple(f.shape[-2:]) for f in feats[1:]], tuple(size))
+        x = tokens_as_map(x, size)
+        x = self.dropout(F.relu(x if fold_bn else self.linear_fuse.bn(x), inplace=True))
+        # Classifier as one batched GEMM whose output is already contiguous [B, K, H*W] (no layout copy).
+        pred = self.linear_pred
+        k = pred.out_channels
+        w = pred.weight.view(1, k, -1).expand(b, -1, -1)
+        out = torch.baddbmm(pred.bias.view(1, k, 1), w, map_as_tokens(x).transpose(1, 2))
+        return out.view(b, k, *size)
+
+    def _upsample_add(self, x: torch.Tensor, coarse: list[torch.Tensor], sizes: list[tuple[int, int]],
+                      size: tuple[int, int]) -> torch.Tensor:
+        """x + Σ_k bilinear_resize(coarse_k) on [B, N, D] tokens.
+
+        Bilinear resizing is a fixed sparse matrix (≤ 4 weights per output pixel), so the resizes of all
+        coarse stages and their sum are one sparse × dense product: a single pass over the full-resolution
+        map instead of one resize and one add per stage. Under torch.compile, or for dtypes the sparse
+        kernels lack, the same sum is taken with F.interpolate (see `_sparse_ok`).
+        """
+        b, d = x.shape[0], x.shape[2]
+        if _sparse_ok(x):
+            key = (b, tuple(sizes), size, x.dtype, x.device)
+            mats = self._resize_matrices.get(key)
+            if mats is None:
+                m = bilinear_resize_matrix(sizes, size, b)
+                mats = tuple(_csr32(a).to(device=x.device, dtype=x.dtype) for a in (m, m.t()))
+                self._resize_matrices = dict(list(self._resize_matrices.items())[-3:] + [(key, mats)])
+            y = torch.cat(coarse, 1).view(-1, d)
+            return _SparseAddmm.apply(x.view(-1, d), mats[0], y, mats[1]).view(b, -1, d)
+        for y, hw in zip(coarse, sizes):
+            x = x + map_as_tokens(resize(tokens_as_map(y, hw), size))
+        return x
 
     def forward_literal(self, feats: list[torch.Tensor]) -> torch.Tensor:
         """Paper Eq. (1)-(4) as written: project, upsample, concatenate [c4..c1], fuse, classify."""
