@@ -86,12 +86,10 @@ def matmul_gflops(device: torch.device, n: int = 2048, runs: int = 7) -> float:
 
 
 def count_flops(fn: Callable[[], object]) -> int:
-    """FLOPs (2 per multiply-accumulate) of one call, from torch.utils.flop_counter; backward included when
-    fn calls it."""
-    from torch.utils.flop_counter import FlopCounterMode
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return counter.get_total_flops()
+    """FLOPs (2 per multiply-accumulate) of one call, backward included when fn calls it (vitseg's counter:
+    torch.utils.flop_counter with the CPU attention kernels counted and grouped-conv backward fixed)."""
+    from vitseg.tools.flops import count_flops as vitseg_count_flops
+    return vitseg_count_flops(fn)
 
 
 def machine_info(device: torch.device) -> dict:

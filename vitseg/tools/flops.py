@@ -7,19 +7,45 @@ FLOPs come from torch.utils.flop_counter (matmul, conv, scaled_dot_product_atten
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 
 def _cpu_sdpa_flop(query, key, value, *args, out_shape=None, **kwargs) -> int:
     return sdpa_flop_count(query, key, value)
 
 
-# torch counts the CUDA / meta attention kernels but not the CPU one that F.scaled_dot_product_attention
-# dispatches to here: without this, every attention matmul of a CPU count would be missing.
-_EXTRA_FORMULAS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flop}
+def _cpu_sdpa_backward_flop(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_backward_flop_count(grad_out, query, key, value)
+
+
+def _conv_backward_flop(grad_out, x, w, _bias, _stride, _padding, _dilation, transposed, _output_padding,
+                        _groups, output_mask, out_shape=None, **kwargs) -> int:
+    """Each of grad-input and grad-weight costs what the forward conv costs. torch's own formula treats a
+    grouped conv as dense (a depthwise 3×3 on 256 channels is counted 256× too high)."""
+    direct_out = x if transposed else grad_out  # the output of the equivalent non-transposed conv
+    forward = 2 * math.prod(direct_out) * w[1] * math.prod(w[2:])
+    return forward * (int(output_mask[0]) + int(output_mask[1]))
+
+
+# torch counts the CUDA / meta attention kernels but not the CPU ones that F.scaled_dot_product_attention
+# dispatches to here (without these, every attention matmul of a CPU count would be missing), and it
+# over-counts grouped convolutions in backward.
+_EXTRA_FORMULAS = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flop,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_sdpa_backward_flop,
+    torch.ops.aten.convolution_backward: _conv_backward_flop,
+}
+
+
+def count_flops(fn) -> int:
+    """FLOPs (2 per multiply-accumulate) of one call of `fn`, backward included when `fn` runs it."""
+    with FlopCounterMode(display=False, custom_mapping=_EXTRA_FORMULAS) as counter:
+        fn()
+    return counter.get_total_flops()
 
 
 @dataclass
@@ -56,6 +82,4 @@ def measure(model: torch.nn.Module, size: tuple[int, int] = (512, 512), batch: i
             if hasattr(m, "fused"):
                 m.fused = False
     x = torch.zeros(batch, 3, *size)
-    with FlopCounterMode(display=False, custom_mapping=_EXTRA_FORMULAS) as counter:
-        model(x)
-    return Complexity(count_params(model), counter.get_total_flops(), tuple(size))
+    return Complexity(count_params(model), count_flops(lambda: model(x)), tuple(size))
