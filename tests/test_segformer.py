@@ -187,6 +187,17 @@ def test_fused_decoder_equals_literal_graph():
         torch.testing.assert_close(fused, literal, atol=1e-4, rtol=1e-4)
 
 
+def test_deepcopy_after_a_training_step():
+    """The head caches sparse resize matrices; copies (EMA, evaluation) must not try to copy them."""
+    import copy
+    model = vitseg.create_model("segformer_b0", num_classes=3)
+    x = torch.randn(2, 3, 64, 64)
+    model.loss(x, torch.randint(0, 3, (2, 64, 64)))["loss"].backward()
+    clone = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(clone(x), model.eval()(x))
+
+
 def test_drop_path_schedule():
     bb = vitseg.create_model("segformer_b2").backbone
     rates = [blk.drop_path.drop_prob for s in range(1, 5) for blk in getattr(bb, f"block{s}")]

@@ -118,6 +118,11 @@ class SegFormerHead(nn.Module):
         self.linear_pred = nn.Conv2d(dim, num_classes, 1)
         self._resize_matrices: dict = {}  # (batch, sizes, ...) -> sparse resize matrix; not state
 
+    def __getstate__(self):
+        # The cache is rebuilt on demand; leaving it out keeps deepcopy/pickle working (sparse CSR tensors
+        # cannot be deep-copied).
+        return {**self.__dict__, "_resize_matrices": {}}
+
     def stage_weights(self, fold_bn: bool) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor | None]:
         """Per-stage (weight [D, C_k], bias [D]) of fuse∘projection; with fold_bn also the BN affine."""
         n, d = len(self.in_channels), self.dim
