@@ -95,7 +95,7 @@ def vit_linear_pair(device: torch.device, seed: int = 0) -> Pair:
     """ViT-B/16 + linear head at 512×512: HF ViTModel (SDPA) + our head vs `linear_vit_b16`."""
     from transformers import ViTConfig, ViTModel
 
-    from vitseg.models.segmentor import cross_entropy
+    from vitseg.losses import cross_entropy
     size = 512
     torch.manual_seed(seed)
     cfg = ViTConfig(image_size=size, patch_size=16, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,

@@ -104,8 +104,9 @@ def test_hf_folder_parity_square_and_non_square(tmp_path):
         x = torch.randn(2, 3, *size)
         hs = hf_hidden(ref, x)
         with torch.no_grad():
-            tokens, grid = ours.forward_tokens(x)
+            tokens = ours.forward_intermediates(x, fmt="NLC", prefix=True)
             maps = ours(x)
+        grid = ours.token_grid(*size)
         assert grid == (size[0] // 16, size[1] // 16)
         for i, t in enumerate(tokens):
             torch.testing.assert_close(t, hs[i + 1], atol=1e-4, rtol=0)
@@ -113,7 +114,7 @@ def test_hf_folder_parity_square_and_non_square(tmp_path):
     # The comparison is sensitive to the resize rule: the unilm recipe gives different numbers off-grid.
     geo = vitseg.create_backbone("beit_b16", pretrained=tmp_path, rel_pos_resize="geometric", **TINY).eval()
     with torch.no_grad():
-        diff = (geo.forward_tokens(x)[0][-1] - hs[-1]).abs().max()
+        diff = (geo.forward_intermediates(x, fmt="NLC", prefix=True)[-1] - hs[-1]).abs().max()
     assert diff > 1e-3
 
 
@@ -131,7 +132,7 @@ def test_hf_shared_table_and_v5_in_memory_names(tmp_path):
         tables = [b.attn.relative_position_bias_table for b in model.blocks]
         assert all(torch.equal(t, tables[0]) for t in tables)  # per-block copies of the shared table
         with torch.no_grad():
-            tokens, _ = model.forward_tokens(x)
+            tokens = model.forward_intermediates(x, fmt="NLC", prefix=True)
         for i, t in enumerate(tokens):
             torch.testing.assert_close(t, hs[i + 1], atol=1e-4, rtol=0)
 
@@ -319,10 +320,17 @@ def test_padding_to_patch_multiple_and_out_indices():
     assert [tuple(m.shape) for m in maps] == [(2, 64, 5, 6)] * 3 and model.out_channels == [64] * 3
     for a, b in zip(maps, padded):
         torch.testing.assert_close(a, b, atol=0, rtol=0)
-    tokens, grid = model.forward_tokens(x, out_indices=(0,), max_blocks=2)
-    assert grid == (5, 6) and tokens[0].shape == (2, 31, 64)
-    with pytest.raises(ConfigError, match="out_indices"):
+    embed, first = model.forward_intermediates(x, ("embed", 0), fmt="NLC", prefix=True)
+    assert model.token_grid(70, 90) == (5, 6) and first.shape == embed.shape == (2, 31, 64)
+    (grid_map, cls), = model.forward_intermediates(x, (-1,), prefix=True)
+    torch.testing.assert_close(grid_map, maps[-1], atol=1e-5, rtol=0)  # maps came from a no_grad run
+    assert cls.shape == (2, 1, 64)
+    with pytest.raises(ConfigError, match="outside its 12 blocks"):
         vitseg.create_backbone("beit_b16", out_indices=(12,))
+    with pytest.raises(ConfigError, match="outside its"):
+        model.forward_intermediates(x, (6,))  # was wrapped modulo depth: block 6 of 4 quietly gave block 2
+    with pytest.raises(ConfigError, match="no final norm"):
+        model.forward_intermediates(x, norm=True)
     with torch.device("meta"):
         assert vitseg.create_backbone("beit_l16").out_indices == (7, 11, 15, 23)
 

@@ -139,15 +139,22 @@ def test_four_levels_on_non_square_non_multiple_input():
     model = small()
     x = torch.randn(2, 3, 100, 150)
     with torch.no_grad():
-        stages, blocks = model.forward_with_blocks(x, block_indices=(2, 4, 0))
+        stages = model(x)
+        blocks = model.forward_intermediates(x, (2, 4, 0))
     assert [tuple(s.shape) for s in stages] == [(2, 32, 25, 37), (2, 64, 13, 19), (2, 128, 7, 10), (2, 256, 4, 5)]
     assert model.out_channels == [32, 64, 128, 256] and model.strides == [4, 8, 16, 32]
     assert [tuple(b.shape[1:]) for b in blocks] == [(64, 13, 19), (128, 7, 10), (32, 25, 37)]
     # block 4 is the last block of stage 3: its stage output is that block after norm3
     normed = model.norm3(blocks[1].flatten(2).transpose(1, 2)).transpose(1, 2).reshape(2, 128, 7, 10)
     torch.testing.assert_close(stages[2], normed)
-    with pytest.raises(ConfigError, match="block_indices"):
-        model.forward_with_blocks(x, block_indices=(6,))
+    torch.testing.assert_close(model.forward_intermediates(x, (4, -1), norm=True)[0], stages[2])
+    assert [b.shape for b in model.forward_intermediates(x, (0,), fmt="NLC")] == [(2, 25 * 37, 32)]
+    assert model.feature_info == [{"index": i, "channels": c, "stride": s}
+                                  for i, c, s in ((0, 32, 4), (2, 64, 8), (4, 128, 16), (5, 256, 32))]
+    with pytest.raises(ConfigError, match="outside its 6 blocks"):
+        model.forward_intermediates(x, (6,))
+    with pytest.raises(ConfigError, match="outside its 4 blocks"):
+        vitseg.create_backbone("cswin_t", out_indices=(4,), **SMALL)
     two = vitseg.create_backbone("cswin_t", out_indices=(1, 2), **SMALL)
     assert two.out_channels == [64, 128] and len(two(x)) == 2
 
@@ -198,8 +205,8 @@ def test_official_imagenet_checkpoint_loads(tmp_path, wrapper):
     assert torch.equal(model.norm2.weight, torch.ones(64))  # new seg norms stay at LN init
     x = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
-        _, ours = model.eval().forward_with_blocks(x, block_indices=range(6))
-        _, ref = src.forward_with_blocks(x, block_indices=range(6))
+        ours = model.eval().forward_intermediates(x, range(6))
+        ref = src.forward_intermediates(x, range(6))
     for a, b in zip(ours, ref):
         torch.testing.assert_close(a, b, atol=0, rtol=0)
 

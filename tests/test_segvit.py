@@ -7,8 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vitseg.models.heads.segvit import (ATMHead, Decoder, ShrunkHead, atm_loss, dice_loss, semantic_scores,
-                                        sigmoid_focal_loss)
+from vitseg.models.heads.segvit import ATMHead, Decoder, ShrunkHead, atm_loss, semantic_scores
 
 
 def n_params(m: nn.Module) -> int:
@@ -138,8 +137,15 @@ def test_loss_fixed_assignment_no_object_weight_and_ignore():
     # masks: only queries 3 and 7; ignore pixels are negatives in both binary masks
     up = F.interpolate(mask_logits[0, [3, 7]][:, None], size=(16, 16), mode="bilinear", align_corners=False)
     t = torch.stack([(labels[0] == 3), (labels[0] == 7)]).float().flatten(1)
-    torch.testing.assert_close(out["loss_focal"], 20 * sigmoid_focal_loss(up.flatten(1), t).sum() / 2)
-    torch.testing.assert_close(out["loss_dice"], dice_loss(up.flatten(1), t).sum() / 2)
+    # written out independently of vitseg.losses: DETR focal (α 0.25, γ 2) mean over pixels, dice +1 smoothing
+    x = up.flatten(1)
+    p = x.sigmoid()
+    p_t, a_t = p * t + (1 - p) * (1 - t), 0.25 * t + 0.75 * (1 - t)
+    bce = -(t * torch.log(p) + (1 - t) * torch.log(1 - p))
+    focal = (a_t * (1 - p_t) ** 2 * bce).mean(1)
+    dice = 1 - (2 * (p * t).sum(1) + 1) / (p.sum(1) + t.sum(1) + 1)
+    torch.testing.assert_close(out["loss_focal"], 20 * focal.sum() / 2)
+    torch.testing.assert_close(out["loss_dice"], dice.sum() / 2)
     (out["loss_focal"] + out["loss_dice"]).backward()
     touched = mask_logits.grad[0].abs().flatten(1).sum(1) > 0
     assert touched.tolist() == [i in (3, 7) for i in range(k)]

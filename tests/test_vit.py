@@ -50,8 +50,8 @@ def test_deit_distilled_counts_and_tokens():
     small = create_backbone("deit_ti16_distilled", depth=2, out_indices=(0, 1))
     feats = small(torch.randn(1, 3, 64, 96))
     assert [f.shape for f in feats] == [(1, 192, 4, 6)] * 2  # both prefix tokens dropped
-    tokens, hw = small.forward_tokens(torch.randn(1, 3, 64, 96))
-    assert tokens[0].shape == (1, 2 + 24, 192) and hw == (4, 6)
+    tokens = small.forward_intermediates(torch.randn(1, 3, 64, 96), fmt="NLC", prefix=True)
+    assert tokens[0].shape == (1, 2 + 24, 192) and small.token_grid(64, 96) == (4, 6)
 
 
 def _random_hf(num_layers=4, hidden=192, heads=3, deit=False, seed=0):
@@ -76,8 +76,9 @@ def test_hf_vitmodel_parity(tmp_path, size):
     x = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         ref = hf(pixel_values=x, output_hidden_states=True, interpolate_pos_encoding=True).hidden_states
-        tokens, hw = ours.forward_tokens(x, out_indices=(0, 1, 3))
+        tokens = ours.forward_intermediates(x, (0, 1, 3), fmt="NLC", prefix=True)
         maps = ours(x)
+    hw = ours.token_grid(*size)
     assert hw == (size[0] // 16, size[1] // 16)
     for t, i in zip(tokens, (0, 1, 3)):
         assert (t - ref[i + 1]).abs().max() < 1e-4
@@ -94,14 +95,14 @@ def test_hf_inmemory_v5_names_and_deit(tmp_path):
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         ref = hf(pixel_values=x, output_hidden_states=True).hidden_states
-        tokens, _ = ours.forward_tokens(x)
+        tokens = ours.forward_intermediates(x, fmt="NLC", prefix=True)
     assert (tokens[0] - ref[2]).abs().max() < 1e-4
     # the saved folder (v4 names, DeiT config) gives the same model
     hf.save_pretrained(tmp_path)
     folder = create_backbone("deit_ti16_distilled", pretrained=str(tmp_path)).eval()
     assert folder.num_prefix_tokens == 2
     with torch.no_grad():
-        assert (folder.forward_tokens(x, out_indices=(1,))[0][0] - ref[2]).abs().max() < 1e-4
+        assert (folder.forward_intermediates(x, (1,), fmt="NLC", prefix=True)[0] - ref[2]).abs().max() < 1e-4
 
 
 def test_vit_b16_hf_shape_mapping_reduced_depth(tmp_path):
@@ -112,7 +113,7 @@ def test_vit_b16_hf_shape_mapping_reduced_depth(tmp_path):
     x = torch.randn(1, 3, 64, 80)
     with torch.no_grad():
         ref = hf(pixel_values=x, output_hidden_states=True, interpolate_pos_encoding=True).hidden_states[2]
-        assert (ours.forward_tokens(x)[0][0] - ref).abs().max() < 1e-4
+        assert (ours.forward_intermediates(x, fmt="NLC", prefix=True)[0] - ref).abs().max() < 1e-4
 
 
 def _small_vit(**kw):
@@ -222,20 +223,30 @@ def test_outputs_shapes_padding_and_final_norm():
     normed = _small_vit(out_indices=(0, 1), final_norm=True)
     f0, f1 = normed(x)
     assert torch.allclose(f0, feats[0], atol=1e-6)
-    tokens, _ = m.forward_tokens(x, out_indices=(1,))
+    tokens = m.forward_intermediates(x, (1,), fmt="NLC", prefix=True)
     assert torch.allclose(f1, m.norm(tokens[0])[:, 1:].transpose(1, 2).reshape(2, 192, 5, 7), atol=1e-5)
     with pytest.raises(ConfigError):
         _small_vit(out_indices=(2,))
-    with pytest.raises(ConfigError):
-        m.forward_tokens(x, out_indices=(1,), max_blocks=1)
+    torch.testing.assert_close(m.forward_intermediates(x, (1,), norm=True)[0], f1)
+    with pytest.raises(ConfigError, match="outside its 2 blocks"):
+        m.forward_intermediates(x, (2,))
+    with pytest.raises(ConfigError, match="not valid"):
+        m.forward_intermediates(x, ("cls",))
+    with pytest.raises(ConfigError, match="format"):
+        m.forward_intermediates(x, fmt="NHWC")
+    assert m.feature_info == [{"index": 0, "channels": 192, "stride": 16}, {"index": 1, "channels": 192, "stride": 16}]
 
 
-def test_max_blocks_runs_only_first_blocks():
+def test_intermediates_run_only_the_blocks_needed():
     m = _small_vit(out_indices=(1,))
     calls = []
     m.blocks[1].register_forward_hook(lambda *a: calls.append(1))
-    tokens, hw = m.forward_tokens(torch.randn(1, 3, 32, 48), max_blocks=1)
-    assert not calls and len(tokens) == 1 and tokens[0].shape == (1, 1 + 6, 192)
+    x = torch.randn(1, 3, 32, 48)
+    embed, first = m.forward_intermediates(x, ("embed", 0), fmt="NLC")
+    assert not calls and embed.shape == first.shape == (1, 6, 192)
+    tokens, hw = m.embed(x)  # "embed": stem + position embedding, prefix dropped
+    torch.testing.assert_close(embed, tokens[:, 1:], atol=0, rtol=0)
+    torch.testing.assert_close(first, m.blocks[0](tokens)[:, 1:], atol=0, rtol=0)
 
 
 def test_gradients_flow_and_drop_path():
@@ -283,4 +294,4 @@ def test_hf_classification_folder_drops_classifier(tmp_path):
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         ref = hf.vit(pixel_values=x, output_hidden_states=True).hidden_states[1]
-        assert (ours.forward_tokens(x)[0][0] - ref).abs().max() < 1e-4
+        assert (ours.forward_intermediates(x, fmt="NLC", prefix=True)[0] - ref).abs().max() < 1e-4

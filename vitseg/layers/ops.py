@@ -14,13 +14,12 @@ def resize(x: torch.Tensor, size, mode: str = "bilinear", align_corners: bool = 
 
 
 def tokens_to_map(x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-    """[B, N, C] tokens -> [B, C, H, W] map."""
-    b, n, c = x.shape
-    return x.transpose(1, 2).reshape(b, c, hw[0], hw[1])
+    """[B, N, C] tokens -> [B, C, H, W] map: a view (channels-last strides for contiguous tokens), no copy."""
+    return x.reshape(x.shape[0], hw[0], hw[1], x.shape[2]).permute(0, 3, 1, 2)
 
 
 def map_to_tokens(x: torch.Tensor) -> torch.Tensor:
-    """[B, C, H, W] map -> [B, N, C] tokens."""
+    """[B, C, H, W] map -> [B, N, C] tokens: a view for contiguous and channels-last maps alike, no copy."""
     return x.flatten(2).transpose(1, 2)
 
 

@@ -98,6 +98,9 @@ def create_model(name: str, num_classes: int | None = None, pretrained=None, str
                  **overrides):
     """Build a registered segmentation model.
 
+    train_modules=False builds the inference graph only (auxiliary heads and other training-only modules
+    absent), for any model.
+
     pretrained: a weight file or HF model folder; its layout is detected and converted. Settings the
     checkpoint implies (class count, LayerNorm eps, ...) are applied unless given explicitly.
     """
@@ -113,6 +116,17 @@ def create_backbone(name: str, pretrained=None, strict: bool = True, **overrides
 
 
 def _build(entry: Entry, pretrained, strict: bool, overrides: dict):
+    # Training-only modules are a Segmentor concern, not a builder argument: every model accepts the flag.
+    train_modules = overrides.pop("train_modules", True)
+    if entry.kind == "backbone" and not train_modules:
+        raise ConfigError("train_modules applies to segmentation models, not to backbones")
+    model = _construct(entry, pretrained, strict, overrides)
+    if not train_modules:
+        model.strip_training_modules()
+    return model
+
+
+def _construct(entry: Entry, pretrained, strict: bool, overrides: dict):
     if pretrained is None:
         model = entry.builder(**overrides)
         build_args = dict(overrides)

@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import CheckpointError, ConfigError
-from ...layers import DropPath, Mlp, resample_abs_pos_embed, tokens_to_map, trunc_normal_
+from ...layers import DropPath, Mlp, resample_abs_pos_embed, trunc_normal_
+from ...layers.features import EMBED, check_format, check_indices, deepest, format_tokens
 from ..registry import PaperInfo, register_backbone
 
 NUM_CLS_ENTRIES = 3  # table rows appended after the patch offsets: cls->token, token->cls, cls->cls
@@ -243,12 +244,9 @@ class Beit(nn.Module):
         img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         if rel_pos_resize not in REL_POS_RESIZE_MODES:
             raise ConfigError(f"rel_pos_resize='{rel_pos_resize}' is unknown; use one of {REL_POS_RESIZE_MODES}")
-        bad = [i for i in out_indices if not -depth <= i < depth]
-        if bad:
-            raise ConfigError(f"out_indices {list(bad)} out of range for a {depth}-block BEiT (0..{depth - 1})")
         self.embed_dim, self.patch_size, self.depth, self.num_heads = embed_dim, patch_size, depth, num_heads
         self.num_prefix_tokens = 1
-        self.out_indices = tuple(i % depth for i in out_indices)
+        self.out_indices = check_indices(out_indices, depth, "BEiT")
         self.out_channels = [embed_dim] * len(self.out_indices)
         self.window_size = (img_size[0] // patch_size, img_size[1] // patch_size)
         self.rel_pos_resize = rel_pos_resize
@@ -305,32 +303,36 @@ class Beit(nn.Module):
             x = x + resample_abs_pos_embed(self.pos_embed, grid, self.window_size, num_prefix_tokens=1)
         return x, grid
 
-    def forward_tokens(self, images: torch.Tensor, out_indices=None, max_blocks: int | None = None
-                       ) -> tuple[list[torch.Tensor], tuple[int, int]]:
-        """Token sequences [B, 1+h*w, C] (cls first) after the blocks in out_indices, and the grid (h, w).
+    def token_grid(self, height: int, width: int) -> tuple[int, int]:
+        """The token grid of an input size: ceil(H/p) × ceil(W/p) (inputs are padded bottom/right)."""
+        return -(-height // self.patch_size), -(-width // self.patch_size)
 
-        max_blocks runs only the first M blocks (then out_indices defaults to the last of them).
-        """
-        if out_indices is None:
-            out_indices = (max_blocks - 1,) if max_blocks else self.out_indices
-        wanted = [i % self.depth for i in out_indices]
-        run = max_blocks if max_blocks else max(wanted) + 1
-        if any(i >= run for i in wanted) or not 0 < run <= self.depth:
-            raise ConfigError(f"out_indices {list(out_indices)} / max_blocks {max_blocks} do not fit a "
-                              f"{self.depth}-block BEiT")
+    @property
+    def feature_info(self) -> list[dict]:
+        return [{"index": i, "channels": self.embed_dim, "stride": self.patch_size} for i in self.out_indices]
+
+    def forward_intermediates(self, images: torch.Tensor, indices=None, norm: bool = False, fmt: str = "NCHW",
+                              prefix: bool = False) -> list:
+        """Outputs of the requested blocks (contract: vitseg/layers/features.py). The segmentation BEiT has no
+        final norm (unilm drops it), so `norm=True` is refused rather than ignored."""
+        check_format(fmt)
+        if norm:
+            raise ConfigError("BEiT as a segmentation encoder has no final norm; call with norm=False")
+        indices = self.out_indices if indices is None else check_indices(indices, self.depth, "BEiT",
+                                                                         allow_embed=True)
         x, grid = self.embed(images)
-        index = self._rel_index(grid, x.device) if self.blocks[0].attn.window else None
-        outs = {}
+        found = {EMBED: x} if EMBED in indices else {}
+        run = deepest(indices)
+        index = self._rel_index(grid, x.device) if run and self.blocks[0].attn.window else None
         for i, blk in enumerate(self.blocks[:run]):
             bias = blk.attn.relative_bias(grid, index, self.rel_pos_resize) if index is not None else None
             x = blk(x, bias)
-            if i in wanted:
-                outs[i] = x
-        return [outs[i] for i in wanted], grid
+            if i in indices:
+                found[i] = x
+        return [format_tokens(found[i], grid, self.num_prefix_tokens, fmt, prefix) for i in indices]
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        tokens, grid = self.forward_tokens(images)
-        return [tokens_to_map(t[:, self.num_prefix_tokens:], grid) for t in tokens]
+        return self.forward_intermediates(images)
 
     def layer_id(self, name: str) -> int:
         """Depth index for layer-wise lr decay (BEiT rule): embeddings 0, blocks.i -> i+1, rest num_layers."""

@@ -21,6 +21,7 @@ from torch import nn
 
 from ...errors import ConfigError
 from ...layers import DropPath, Mlp, map_to_tokens, tokens_to_map, init_linear_norm
+from ...layers.features import check_format, check_indices, deepest
 from ..registry import PaperInfo, register_backbone
 
 CSWIN_SETTINGS = {  # stem width, depths, heads, seg drop-path (official configs)
@@ -117,11 +118,9 @@ class CSWin(nn.Module):
         super().__init__()
         if len(depths) != 4 or len(num_heads) != 4 or len(split_sizes) != 4:
             raise ConfigError("CSWin needs 4 entries in depths, num_heads and split_sizes")
-        if any(i not in range(4) for i in out_indices):
-            raise ConfigError(f"out_indices {list(out_indices)}: CSWin stages are 0..3")
         self.dims = [embed_dim * 2 ** s for s in range(4)]  # always doubles (also for CSWin-L's 24->24 heads)
         self.depths, self.num_heads, self.split_sizes = tuple(depths), tuple(num_heads), tuple(split_sizes)
-        self.out_indices = tuple(out_indices)
+        self.out_indices = check_indices(out_indices, 4, "CSWin stages")
         self.out_channels = [self.dims[i] for i in self.out_indices]
         self.strides = [4, 8, 16, 32]
         self.stage1_conv_embed = nn.Sequential(nn.Conv2d(in_chans, embed_dim, 7, 4, 2), MapToTokens(),
@@ -139,42 +138,50 @@ class CSWin(nn.Module):
             start += depths[s]
         self.apply(init_linear_norm)  # official init; convs keep PyTorch's default
 
-    def forward_with_blocks(self, images: torch.Tensor, block_indices=()
-                            ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Stage outputs (after norm1..4, at out_indices) and raw block outputs [B, C, h, w] at global block
-        indices (position in the concatenation of all stages' blocks; before any output norm)."""
-        total, block_indices = sum(self.depths), tuple(block_indices)
-        wanted = set(block_indices)
-        if any(not 0 <= g < total for g in wanted):
-            raise ConfigError(f"block_indices {list(block_indices)} out of range 0..{total - 1} for CSWin "
-                              f"depths {list(self.depths)}")
-        last_stage = max(list(self.out_indices) + [self._stage_of(g) for g in wanted])
+    def stage_end_blocks(self) -> list[int]:
+        """Global index of the last block of each stage."""
+        ends, total = [], 0
+        for d in self.depths:
+            total += d
+            ends.append(total - 1)
+        return ends
+
+    @property
+    def feature_info(self) -> list[dict]:
+        ends = self.stage_end_blocks()
+        return [{"index": ends[s], "channels": self.dims[s], "stride": self.strides[s]} for s in self.out_indices]
+
+    def forward_intermediates(self, images: torch.Tensor, indices=None, norm: bool = False, fmt: str = "NCHW",
+                              prefix: bool = False) -> list:
+        """Block outputs at global block indices (position in the concatenation of all stages' blocks); with
+        `norm=True` a stage's last block is passed through that stage's output norm (norm1..4), which is what
+        `forward` returns. Contract: vitseg/layers/features.py."""
+        check_format(fmt)
+        ends = self.stage_end_blocks()
+        indices = ([ends[s] for s in self.out_indices] if indices is None
+                   else check_indices(indices, sum(self.depths), "CSWin"))
         x = self.stage1_conv_embed[0](images)
         hw = (x.shape[2], x.shape[3])
         x = self.stage1_conv_embed[2](self.stage1_conv_embed[1](x))
-        stages, blocks, g = {}, {}, 0
-        for s in range(last_stage + 1):
+        found, g, run = {}, 0, deepest(indices)
+        for s in range(4):
+            if g >= run:
+                break
             if s > 0:
                 x, hw = getattr(self, f"merge{s}")(x, hw)
             for blk in getattr(self, f"stage{s + 1}"):
+                if g >= run:
+                    break
                 x = blk(x, hw)
-                if g in wanted:
-                    blocks[g] = tokens_to_map(x, hw)
+                if g in indices:
+                    y = getattr(self, f"norm{s + 1}")(x) if norm and g == ends[s] else x
+                    found[g] = y if fmt == "NLC" else tokens_to_map(y, hw)
                 g += 1
-            if s in self.out_indices:
-                stages[s] = tokens_to_map(getattr(self, f"norm{s + 1}")(x), hw)
-        return [stages[s] for s in self.out_indices], [blocks[i] for i in block_indices]
+        return [found[i] for i in indices]
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        return self.forward_with_blocks(images)[0]
-
-    def _stage_of(self, block: int) -> int:
-        end = 0
-        for s, d in enumerate(self.depths):
-            end += d
-            if block < end:
-                return s
-        return 3
+        """Stage outputs after the segmentation norms norm1..4, at `out_indices` (stage numbers)."""
+        return self.forward_intermediates(images, norm=True)
 
     def layer_id(self, name: str) -> int:
         """Depth index for layer-wise lr decay: stem 0, global block g -> g+1, a merge takes the id of the

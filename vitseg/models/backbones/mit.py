@@ -8,7 +8,7 @@ LayerNorm eps is per site: the official code uses 1e-6 in blocks and stage-end n
 the patch-embedding and spatial-reduction norms; HF uses 1e-5 everywhere. `norm_eps` sets the former.
 
 Layout: tokens [B, N, C] and channels-last maps [B, C, H, W] (strides of [B, H, W, C]) are the same memory,
-so every sequence <-> map switch here is a free view (`tokens_as_map`, `map_as_tokens`) and the convolutions run on
+so every sequence <-> map switch here is a free view (`layers.tokens_to_map`, `layers.map_to_tokens`) and the convolutions run on
 channels-last input. The stage outputs are channels-last maps.
 """
 from __future__ import annotations
@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...layers import DropPath, init_vit_weights
+from ...layers import DropPath, init_vit_weights, map_to_tokens, tokens_to_map
+from ...layers.features import check_format, check_indices, deepest
 from ..registry import PaperInfo, register_backbone
 
 MIT_SETTINGS = {
@@ -31,16 +32,6 @@ MIT_SETTINGS = {
 }
 
 
-def tokens_as_map(x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-    """[B, N, C] tokens -> [B, C, H, W] channels-last map, without a copy."""
-    return x.view(x.shape[0], hw[0], hw[1], x.shape[2]).permute(0, 3, 1, 2)
-
-
-def map_as_tokens(x: torch.Tensor) -> torch.Tensor:
-    """[B, C, H, W] map -> [B, N, C] tokens; free for a channels-last map (a copy otherwise)."""
-    return x.permute(0, 2, 3, 1).reshape(x.shape[0], -1, x.shape[1])
-
-
 class OverlapPatchEmbed(nn.Module):
     """Strided conv with overlapping windows (kernel > stride), then LayerNorm on the tokens."""
 
@@ -51,7 +42,7 @@ class OverlapPatchEmbed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         x = self.proj(x.contiguous(memory_format=torch.channels_last))
-        return self.norm(map_as_tokens(x)), (x.shape[2], x.shape[3])
+        return self.norm(map_to_tokens(x)), (x.shape[2], x.shape[3])
 
 
 class EfficientAttention(nn.Module):
@@ -73,7 +64,7 @@ class EfficientAttention(nn.Module):
         h, d = self.heads, c // self.heads
         q = self.q(x).view(b, n, h, d).transpose(1, 2)
         if self.sr_ratio > 1:
-            x = self.norm(map_as_tokens(self.sr(tokens_as_map(x, hw))))
+            x = self.norm(map_to_tokens(self.sr(tokens_to_map(x, hw))))
         k, v = self.kv(x).view(b, -1, 2, h, d).permute(2, 0, 3, 1, 4)
         out = F.scaled_dot_product_attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(b, n, c))
@@ -87,7 +78,7 @@ class DWConv(nn.Module):
         self.dwconv = nn.Conv2d(dim, dim, 3, 1, 1, groups=dim)
 
     def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-        return map_as_tokens(self.dwconv(tokens_as_map(x, hw)))
+        return map_to_tokens(self.dwconv(tokens_to_map(x, hw)))
 
 
 class MixFFN(nn.Module):
@@ -126,7 +117,7 @@ class MixTransformer(nn.Module):
                  norm_eps: float = 1e-6, embed_norm_eps: float = 1e-5, out_indices=(0, 1, 2, 3)):
         super().__init__()
         self.channels, self.depths = tuple(channels), tuple(depths)
-        self.out_indices = tuple(out_indices)
+        self.out_indices = check_indices(out_indices, 4, "MiT stages")
         self.out_channels = [self.channels[i] for i in self.out_indices]
         dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
         cur = 0
@@ -141,17 +132,50 @@ class MixTransformer(nn.Module):
             cur += depths[s]
         self.apply(init_vit_weights)
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        outs = []
-        last = max(self.out_indices)
-        for s in range(last + 1):
+    def stage_end_blocks(self) -> list[int]:
+        """Global index of the last block of each stage."""
+        ends, total = [], 0
+        for d in self.depths:
+            total += d
+            ends.append(total - 1)
+        return ends
+
+    @property
+    def feature_info(self) -> list[dict]:
+        ends, strides = self.stage_end_blocks(), [4, 8, 16, 32]
+        return [{"index": ends[s], "channels": self.channels[s], "stride": strides[s]} for s in self.out_indices]
+
+    def forward_intermediates(self, x: torch.Tensor, indices=None, norm: bool = False, fmt: str = "NCHW",
+                              prefix: bool = False) -> list:
+        """Block outputs at global block indices. A stage's norm (norm1..4) lies on the main path here (the
+        next stage reads the normalised map); `norm=True` returns that normalised output for a stage's last
+        block, which is what `forward` returns. Contract: vitseg/layers/features.py."""
+        check_format(fmt)
+        ends = self.stage_end_blocks()
+        indices = ([ends[s] for s in self.out_indices] if indices is None
+                   else check_indices(indices, sum(self.depths), "MiT"))
+        found, g, run = {}, 0, deepest(indices)
+        for s in range(4):
+            if g >= run:
+                break
             x, hw = getattr(self, f"patch_embed{s + 1}")(x)
             for blk in getattr(self, f"block{s + 1}"):
+                if g >= run:
+                    break
                 x = blk(x, hw)
-            x = tokens_as_map(getattr(self, f"norm{s + 1}")(x), hw)
-            if s in self.out_indices:
-                outs.append(x)
-        return outs
+                if g in indices:
+                    found[g] = (x, hw)
+                g += 1
+            if g - 1 == ends[s]:
+                x = getattr(self, f"norm{s + 1}")(x)
+                if norm and ends[s] in indices:
+                    found[ends[s]] = (x, hw)
+                x = tokens_to_map(x, hw)
+        return [t if fmt == "NLC" else tokens_to_map(t, hw) for t, hw in (found[i] for i in indices)]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The four stage outputs (after each stage's norm) at `out_indices` (stage numbers)."""
+        return self.forward_intermediates(x, norm=True)
 
     def layer_id(self, name: str) -> int:
         """Depth index of a parameter (for layer-wise lr decay): 0 = first patch embedding."""

@@ -32,7 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import CheckpointError, ConfigError
-from ...layers import DropPath, Mlp, resample_abs_pos_embed, tokens_to_map, trunc_normal_
+from ...layers import DropPath, Mlp, resample_abs_pos_embed, trunc_normal_
+from ...layers.features import EMBED, check_format, check_indices, deepest, format_tokens
 from ..registry import PaperInfo, register_backbone
 from .resnetv2 import ResNetV2, resnetv2
 
@@ -158,7 +159,7 @@ class VisionTransformer(nn.Module):
         self.blocks = nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio, qkv_bias, rates[i], norm_eps)
                                     for i in range(depth))
         self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
-        self.out_indices = self._check_indices(depth - 1 if out_indices is None else out_indices)
+        self.out_indices = check_indices(depth - 1 if out_indices is None else out_indices, depth, "ViT")
         self.out_channels = [embed_dim] * len(self.out_indices)
         self._init_weights()
 
@@ -177,19 +178,6 @@ class VisionTransformer(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    def _check_indices(self, indices) -> tuple[int, ...]:
-        indices = (indices,) if isinstance(indices, int) else tuple(indices)
-        out = []
-        for i in indices:
-            j = i + self.depth if i < 0 else i
-            if not 0 <= j < self.depth:
-                raise ConfigError(f"out index {i} is outside the {self.depth} blocks of this ViT "
-                                  f"(valid: 0..{self.depth - 1} or negative from the end)")
-            out.append(j)
-        if not out:
-            raise ConfigError("out_indices is empty: name at least one block")
-        return tuple(out)
-
     def embed(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """Images [B,3,H,W] → tokens [B, prefix + h·w, C] with position embeddings added, and the grid (h, w)."""
         x = self.patch_embed(images)
@@ -204,35 +192,32 @@ class VisionTransformer(nn.Module):
         return resample_abs_pos_embed(self.pos_embed, tuple(hw), self.grid_size, self.num_prefix_tokens,
                                       mode=self.pos_resize_mode)
 
-    def forward_tokens(self, images: torch.Tensor, out_indices=None, max_blocks: int | None = None
-                       ) -> tuple[list[torch.Tensor], tuple[int, int]]:
-        """Token sequences [B, prefix + h·w, C] after the requested blocks, and the grid (h, w).
+    def token_grid(self, height: int, width: int) -> tuple[int, int]:
+        """The token grid of an input size: ceil(H/p) × ceil(W/p) (inputs are padded bottom/right)."""
+        return -(-height // self.patch_size), -(-width // self.patch_size)
 
-        out_indices: block indices (default: the model's `out_indices`; with `max_blocks` and no indices, the
-        last block run). max_blocks: run only the first M blocks (RegProxy's token head). The final norm is
-        applied to the last block's output only, and only when `final_norm` is set.
-        """
-        if out_indices is None:
-            indices = (max_blocks - 1,) if max_blocks is not None else self.out_indices
-        else:
-            indices = self._check_indices(out_indices)
-        stop = self.depth if max_blocks is None else int(max_blocks)
-        if not 1 <= stop <= self.depth or max(indices) >= stop:
-            raise ConfigError(f"max_blocks={max_blocks} must be in 1..{self.depth} and cover out indices "
-                              f"{tuple(indices)}")
-        stop = min(stop, max(indices) + 1)
+    @property
+    def feature_info(self) -> list[dict]:
+        return [{"index": i, "channels": self.embed_dim, "stride": self.patch_size} for i in self.out_indices]
+
+    def forward_intermediates(self, images: torch.Tensor, indices=None, norm: bool = False, fmt: str = "NCHW",
+                              prefix: bool = False) -> list:
+        """Outputs of the requested blocks (see vitseg/layers/features.py for the contract). "embed" is the
+        token sequence after the position embedding, before block 0 (RegProxy's M = 0 tap)."""
+        check_format(fmt)
+        indices = self.out_indices if indices is None else check_indices(indices, self.depth, "ViT",
+                                                                         allow_embed=True)
         x, hw = self.embed(images)
-        found = {}
-        for i in range(stop):
+        found = {EMBED: x} if EMBED in indices else {}
+        for i in range(deepest(indices)):
             x = self.blocks[i](x)
             if i in indices:
-                found[i] = self.norm(x) if self.final_norm and i == self.depth - 1 else x
-        return [found[i] for i in indices], hw
+                found[i] = self.norm(x) if norm and i == self.depth - 1 else x
+        return [format_tokens(found[i], hw, self.num_prefix_tokens, fmt, prefix) for i in indices]
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Images [B,3,H,W] → one map [B, C, ceil(H/p), ceil(W/p)] per out index (prefix tokens dropped)."""
-        tokens, hw = self.forward_tokens(images)
-        return [tokens_to_map(t[:, self.num_prefix_tokens:], hw) for t in tokens]
+        return self.forward_intermediates(images, norm=self.final_norm)
 
     def layer_id(self, name: str) -> int:
         """Depth index of a parameter for layer-wise lr decay: embeddings 0, blocks.i → i+1, rest num_layers."""

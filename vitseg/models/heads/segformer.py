@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
-from ...layers import ConvBNReLU, resize
-from ..backbones.mit import MixTransformer, map_as_tokens, mit, tokens_as_map
+from ...layers import ConvBNReLU, map_to_tokens, resize, tokens_to_map
+from ..backbones.mit import MixTransformer, mit
 from ..registry import PaperInfo, register_model
 from ..segmentor import Segmentor
 
@@ -151,17 +151,17 @@ class SegFormerHead(nn.Module):
             bs[0] = bs[0] + shift
         b, size = feats[0].shape[0], feats[0].shape[-2:]
         # Token-major (channels-last) throughout, so every product is a plain GEMM on contiguous channels.
-        x = F.linear(map_as_tokens(feats[0]), ws[0], bs[0])
-        coarse = [F.linear(map_as_tokens(feats[k]), ws[k], bs[k]) for k in range(1, len(feats))]
+        x = F.linear(map_to_tokens(feats[0]), ws[0], bs[0])
+        coarse = [F.linear(map_to_tokens(feats[k]), ws[k], bs[k]) for k in range(1, len(feats))]
         if coarse:
             x = self._upsample_add(x, coarse, [tuple(f.shape[-2:]) for f in feats[1:]], tuple(size))
-        x = tokens_as_map(x, size)
+        x = tokens_to_map(x, size)
         x = self.dropout(F.relu(x if fold_bn else self.linear_fuse.bn(x), inplace=True))
         # Classifier as one batched GEMM whose output is already contiguous [B, K, H*W] (no layout copy).
         pred = self.linear_pred
         k = pred.out_channels
         w = pred.weight.view(1, k, -1).expand(b, -1, -1)
-        out = torch.baddbmm(pred.bias.view(1, k, 1), w, map_as_tokens(x).transpose(1, 2))
+        out = torch.baddbmm(pred.bias.view(1, k, 1), w, map_to_tokens(x).transpose(1, 2))
         return out.view(b, k, *size)
 
     def _upsample_add(self, x: torch.Tensor, coarse: list[torch.Tensor], sizes: list[tuple[int, int]],
@@ -184,7 +184,7 @@ class SegFormerHead(nn.Module):
             y = torch.cat(coarse, 1).view(-1, d)
             return _SparseAddmm.apply(x.view(-1, d), mats[0], y, mats[1]).view(b, -1, d)
         for y, hw in zip(coarse, sizes):
-            x = x + map_as_tokens(resize(tokens_as_map(y, hw), size))
+            x = x + map_to_tokens(resize(tokens_to_map(y, hw), size))
         return x
 
     def forward_literal(self, feats: list[torch.Tensor]) -> torch.Tensor:

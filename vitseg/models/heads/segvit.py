@@ -28,6 +28,7 @@ from ...errors import ConfigError
 from ...layers import init_linear_norm, resample_abs_pos_embed, resize
 from ..backbones import vit as vit_family
 from ..registry import PaperInfo, create_backbone, register_model
+from ...losses import dice_loss, sigmoid_focal_loss
 from ..segmentor import Segmentor, check_labels
 
 AUGREG_MEAN = AUGREG_STD = (127.5, 127.5, 127.5)  # AugReg ("jax") ViT weights expect inputs in [-1, 1]
@@ -239,22 +240,6 @@ class ShrunkHead(nn.Module):
 # ----------------------------------------------------------------------------------------------------------
 # Loss (fixed query <-> class assignment)
 
-def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.25,
-                       gamma: float = 2.0) -> torch.Tensor:
-    """Per-mask focal loss [M]: mean over pixels of alpha_t (1 - p_t)^gamma BCE (DETR form)."""
-    prob = logits.sigmoid()
-    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
-    p_t = prob * targets + (1 - prob) * (1 - targets)
-    alpha_t = alpha * targets + (1 - alpha) * (1 - targets)
-    return (alpha_t * ce * (1 - p_t) ** gamma).mean(dim=1)
-
-
-def dice_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Per-mask soft dice loss [M] with +1 smoothing."""
-    prob = logits.sigmoid()
-    return 1 - (2 * (prob * targets).sum(1) + 1) / (prob.sum(1) + targets.sum(1) + 1)
-
-
 def _global_mask_count(n: int, device) -> float:
     """Present-class count averaged over DDP workers (official num_masks), at least 1."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -290,8 +275,9 @@ def atm_loss(class_logits: torch.Tensor, mask_logits: torch.Tensor, labels: torc
         pred = resize(torch.cat(preds)[:, None].float(), labels.shape[-2:])[:, 0].flatten(1)
         target = torch.cat(masks).float().flatten(1)
         num_masks = _global_mask_count(len(target), labels.device)
-        loss_focal = sigmoid_focal_loss(pred, target).sum() / num_masks
-        loss_dice = dice_loss(pred, target).sum() / num_masks
+        # per mask: focal (α = 0.25, DETR form) averaged over pixels, dice over pixels; summed over masks
+        loss_focal = sigmoid_focal_loss(pred, target, alpha=0.25).mean(dim=1).sum() / num_masks
+        loss_dice = dice_loss(pred, target, dims=1).sum() / num_masks
     else:  # no labelled pixel in the batch: classification only, masks still in the graph
         _global_mask_count(0, labels.device)
         loss_focal = loss_dice = mask_logits.sum() * 0.0
